@@ -1,0 +1,269 @@
+"""genrm.py -- the generative reward model (GenRM): its prompt, its verdict, its reward, its metrics.
+
+The GenRM reads a problem, the ground-truth answer and a solution split into tagged paragraphs, reasons,
+and puts the index of the first wrong paragraph (or -1 for "no error") in \\boxed{}. FAPO uses it to
+flag flawed positives; it is itself trained with GRPO on the stepwise reward (paper, FAPO-Critic):
+
+    R(t, t*) = -1                      if t is unparseable, or the flawed/clean verdict is wrong
+             = +1                      if t = t* = -1                        (clean, said clean)
+             = 1 - |t - t*| / n        if t, t* >= 0                         (flawed, located)
+
+i.e. outcome +1/-1 plus process -|t - t*|/n when both say flawed.
+
+    genrm_prompt(problem, ground_truth, steps)  the paper's user message, byte for byte
+    parse_index(text, n_steps)                  strict: -1 or 0..n-1 from the last \\boxed{}, else None
+    genrm_reward(pred, target, n_steps)         the reward above
+    critic_metrics(preds, labels, ...)          ProcessBench and FlawedPositiveBench numbers
+    make_toy_critic_rows / toy_critique         the toy task's critique data (see data.py)
+"""
+import random
+import re
+
+import torch
+
+from data import (Row, ToyProblem, encode_prompt, last_boxed, load_rows, make_toy_problem, random_toy_flaw,
+                  toy_first_error, toy_solution_steps)
+from sampler import generate
+
+# ---- prompt ----
+
+_HEAD = ("The following is a math problem with its ground truth answer, along with an AI solution "
+         "(split into paragraphs, enclosed with tags and indexed from 0):")
+_TASK = ("Your task is to review and critique the solution paragraph by paragraph. Once you identify an "
+         "error in a paragraph, return the index of the paragraph where the earliest error occurs. "
+         "Otherwise, return the index of -1 (which typically denotes 'not found').\n\n"
+         "Please reason step by step, put your final answer (i.e., the index) in \\boxed{}.")
+
+
+def genrm_prompt(problem: str, ground_truth, steps: list[str]) -> str:
+    """The user message of FAPO-Critic (identical to the 100 shared training rows).
+
+    The official code sends policy rollouts to its GenRM untagged; we tag them the same way as the
+    training data so the GenRM is asked in the format it was trained on.
+    """
+    paragraphs = "\n\n".join(f"<paragraph_{i}>\n{s}\n</paragraph_{i}>" for i, s in enumerate(steps))
+    return (f"{_HEAD}\n\n[Math Problem]\n\n{problem}\n\n[Ground Truth]\n\n{ground_truth}\n\n"
+            f"[AI Solution]\n\n{paragraphs}\n\n{_TASK}")
+
+
+def parse_genrm_prompt(text: str) -> tuple[str, str, list[str]]:
+    """Inverse of genrm_prompt: (problem, ground_truth, steps); ValueError if it is not one."""
+    m = re.fullmatch(re.escape(_HEAD) + r"\n\n\[Math Problem\]\n\n(.*?)\n\n\[Ground Truth\]\n\n(.*?)"
+                     r"\n\n\[AI Solution\]\n\n(.*)\n\n" + re.escape(_TASK), text, re.S)
+    if not m:
+        raise ValueError("not a GenRM prompt")
+    steps = re.findall(r"<paragraph_(\d+)>\n(.*?)\n</paragraph_\1>", m.group(3), re.S)
+    return m.group(1), m.group(2), [s for _, s in steps]
+
+
+# ---- verdict ----
+
+_INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take "٣"
+
+
+def parse_index(text: str, n_steps: int) -> int | None:
+    """The last \\boxed{} as a strict integer: -1 or 0..n_steps-1; anything else is None.
+
+    Never eval: the official code evals the box content, but model output is untrusted text. Spaces
+    around the number are allowed ("\\boxed{ 3 }"); "3.0", "1+2", "paragraph 3", "" are not.
+    """
+    content = last_boxed(text)
+    if content is None or not _INT.fullmatch(content.strip()):
+        return None
+    k = int(content.strip())
+    return k if k == -1 or 0 <= k < n_steps else None
+
+
+# ---- reward ----
+
+
+def genrm_reward_parts(pred: int | None, target: int, n_steps: int) -> tuple[float, float]:
+    """(outcome, process) with outcome + process = genrm_reward. Process is 0 unless both say flawed."""
+    if pred is None:
+        return -1.0, 0.0
+    if (pred == -1) != (target == -1):
+        return -1.0, 0.0
+    if target == -1:
+        return 1.0, 0.0
+    return 1.0, -abs(pred - target) / n_steps
+
+
+def genrm_reward(pred: int | None, target: int, n_steps: int) -> float:
+    """The official GenRM reward: unparseable -1; wrong verdict -1; clean-clean +1; else 1 - |t-t*|/n."""
+    outcome, process = genrm_reward_parts(pred, target, n_steps)
+    return outcome + process
+
+
+# ---- metrics (the official evaluation script's definitions) ----
+
+
+def _safe_div(a, b):
+    return a / b if b else 0.0
+
+
+def _f1(p, r):
+    return _safe_div(2 * p * r, p + r)
+
+
+def _processbench(preds, labels):
+    err = [(p, l) for p, l in zip(preds, labels) if l != -1]
+    cor = [p for p, l in zip(preds, labels) if l == -1]
+    err_acc = _safe_div(sum(p != -1 for p, _ in err), len(err))  # None counts as "not -1"
+    err_loc_acc = _safe_div(sum(p == l for p, l in err), len(err))
+    corr_acc = _safe_div(sum(p == -1 for p in cor), len(cor))
+    return {"err_acc": err_acc, "err_loc_acc": err_loc_acc, "corr_acc": corr_acc,
+            "pb_f1": _f1(err_loc_acc, corr_acc), "n_err": len(err), "n_corr": len(cor)}
+
+
+def critic_metrics(preds, labels, final_correct=None, subsets=None) -> dict:
+    """ProcessBench and FlawedPositiveBench metrics for GenRM predictions.
+
+    preds: ints or None (unparseable, counted like any index other than -1, as the official script
+    does); labels: ints (-1 = clean); final_correct: bools, whether each solution's final answer is
+    right (FlawedPositiveBench uses those rows only; all rows when not given); subsets: names, for
+    ProcessBench's per-subset F1 averaged over subsets. Empty denominators give 0.0.
+    """
+    preds, labels = list(preds), list(labels)
+    out = _processbench(preds, labels)
+    if subsets is not None:
+        per = {}
+        for name in sorted(set(subsets)):
+            idx = [i for i, s in enumerate(subsets) if s == name]
+            per[name] = _processbench([preds[i] for i in idx], [labels[i] for i in idx])
+            out.update({f"{name}/{k}": v for k, v in per[name].items()})
+        out["pb_f1"] = _safe_div(sum(m["pb_f1"] for m in per.values()), len(per))
+    keep = range(len(preds)) if final_correct is None else [i for i, c in enumerate(final_correct) if c]
+    flag = [preds[i] != -1 for i in keep]
+    truth = [labels[i] != -1 for i in keep]
+    tp = sum(f and t for f, t in zip(flag, truth))
+    precision, recall = _safe_div(tp, sum(flag)), _safe_div(tp, sum(truth))
+    out.update({"fp_precision": precision, "fp_recall": recall, "fp_f1": _f1(precision, recall),
+                "fp_acc": _safe_div(sum(f == t for f, t in zip(flag, truth)), len(flag)), "n_fp": len(flag)})
+    return out
+
+
+def majority_vote(indices: list) -> int | None:
+    """Most common verdict among k samples (parseable ones first; ties -> the smallest index)."""
+    valid = [i for i in indices if i is not None]
+    if not valid:
+        return None
+    return min(set(valid), key=lambda i: (-valid.count(i), i))
+
+
+# ---- toy critique data (the toy task of data.py, in FAPO-Critic's row format) ----
+
+
+def toy_critique(p: ToyProblem, steps: list[str]) -> str:
+    """A checker-written critique: each operation recomputed, then the verdict.
+
+    One line per checked paragraph ("k: a op b = v ok|wrong"), stopping at the first wrong one, so a
+    small model can learn to do the check, not only guess the label.
+    """
+    first = toy_first_error(p, steps)
+    lines, prev = [], p.first
+    for k, ((op, b), v) in enumerate(zip(p.ops, p.running_values())):
+        verdict = "wrong" if k == first else "ok"
+        lines.append(f"{k}: {prev}{op}{b}={v} {verdict}")
+        prev = v
+        if k == first:
+            break
+    return "\n".join(lines) + f"\n\n\\boxed{{{first}}}"
+
+
+def make_toy_critic_rows(n: int, seed: int, flawed_share=0.5) -> list[tuple[Row, ToyProblem, list[str]]]:
+    """(row, problem, steps): rows as FAPO-Critic rows (prompt, ground_truth = first wrong step,
+    extra_info.total_steps). The solutions are toy solutions, flawed with probability flawed_share."""
+    rng = random.Random(seed)
+    out = []
+    for _ in range(n):
+        p = make_toy_problem(rng)
+        flaw, k, delta = random_toy_flaw(p, rng) if rng.random() < flawed_share else (None, 0, 0)
+        steps = toy_solution_steps(p, flaw, k, delta)
+        label = toy_first_error(p, steps)
+        row = Row(prompt=[{"role": "user", "content": genrm_prompt(p.text, p.answer, steps)}],
+                  ground_truth=label, extra_info={"total_steps": len(steps), "question": p.text},
+                  data_source="toy_critic")
+        out.append((row, p, steps))
+    return out
+
+
+# ---- running a GenRM model (FAPO's judge, and the evaluation command) ----
+
+
+class ModelJudge:
+    """A transformers GenRM as FAPO's judge: (problems, ground_truths, step_lists) -> [index | None].
+
+    Each solution is shown in the training format (genrm_prompt, chat template), decoded with the
+    sampler; `votes` > 1 samples k verdicts and takes the majority. A prompt that does not fit the
+    model's context is not judged (None, counted as unparseable by fapo.score_rollouts).
+    """
+
+    def __init__(self, model, tokenizer, max_new_tokens=1024, temperature=0.0, top_p=1.0, votes=1, seed=0,
+                 device="cpu"):
+        self.model, self.tok, self.votes = model, tokenizer, votes
+        self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                       eos_token_id=tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
+        self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.context = getattr(model.config, "max_position_embeddings", None) or 10**9
+        self.response_tokens = 0  # total decoded, for cost accounting
+
+    def judge_prompts(self, prompts, n_steps):
+        """Verdicts for ready-made prompts (chat messages or strings) with their step counts."""
+        ids = [encode_prompt(self.tok, p) for p in prompts]
+        ok = [i for i, x in enumerate(ids) if len(x) + self.kw["max_new_tokens"] <= self.context]
+        comps = generate(self.model, [ids[i] for i in ok], n=self.votes, generator=self.gen, **self.kw) if ok else []
+        self.response_tokens += sum(len(c.tokens) for c in comps)
+        out = [None] * len(prompts)
+        for j, i in enumerate(ok):
+            texts = [self.tok.decode(c.tokens, skip_special_tokens=True) for c in comps[j * self.votes:(j + 1) * self.votes]]
+            out[i] = majority_vote([parse_index(t, n_steps[i]) for t in texts])
+        return out
+
+    def __call__(self, problems, ground_truths, step_lists):
+        prompts = [genrm_prompt(p, g, s) for p, g, s in zip(problems, ground_truths, step_lists)]
+        return self.judge_prompts(prompts, [len(s) for s in step_lists])
+
+
+def evaluate_rows(judge: ModelJudge, rows: list[Row]) -> dict:
+    """critic_metrics of a judge over critique rows (FAPO-Critic / ProcessBench format): label =
+    reward_model.ground_truth, n = extra_info.total_steps, subset = data_source, FlawedPositiveBench
+    restricted to rows with extra_info.final_answer_correct when that field is present."""
+    preds = judge.judge_prompts([r.prompt for r in rows], [r.extra_info["total_steps"] for r in rows])
+    fc = [r.extra_info.get("final_answer_correct", True) for r in rows]
+    m = critic_metrics(preds, [r.ground_truth for r in rows], final_correct=fc,
+                       subsets=[r.data_source for r in rows])
+    m["avg_response_tokens"] = judge.response_tokens / max(len(rows) * judge.votes, 1)
+    m["unparseable"] = sum(p is None for p in preds) / max(len(rows), 1)
+    return m
+
+
+def main(argv=None):
+    import argparse
+    import json
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    ap = argparse.ArgumentParser(description="Evaluate a GenRM on critique rows (ProcessBench / FlawedPositiveBench).")
+    ap.add_argument("--model", required=True, help="GenRM model dir (transformers format)")
+    ap.add_argument("--data", required=True, help="critique rows (.jsonl/.json/.parquet), or 'toy' for 512 toy rows")
+    ap.add_argument("--votes", type=int, default=1, help="k samples per row, majority vote")
+    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (paper's GenRM val: 0.6, top-p 0.95)")
+    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    tok = AutoTokenizer.from_pretrained(args.model)
+    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+    model.to(device).eval()
+    rows = [r for r, _, _ in make_toy_critic_rows(512, seed=12345)] if args.data == "toy" else load_rows(args.data)
+    rows = rows[: args.limit or None]
+    judge = ModelJudge(model, tok, args.max_new_tokens, args.temperature, args.top_p, args.votes, args.seed, device)
+    m = evaluate_rows(judge, rows)
+    for k, v in m.items():
+        print(f"{k:<28}{v:.4f}" if isinstance(v, float) else f"{k:<28}{v}")
+    print(json.dumps(m))
+
+
+if __name__ == "__main__":
+    main()

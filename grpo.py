@@ -1,0 +1,241 @@
+"""GRPO building blocks with verl semantics: group advantages, the clipped policy
+loss and its aggregation, KL penalties, and memory-frugal per-token log-probs.
+
+Equations (the numbers match verl's core_algos.py, which the FAPO paper,
+arXiv 2510.22543, trained with):
+
+  advantage    A_i = (r_i - mean_g(r)) / (std_g(r) + eps)       unbiased std
+               A_i = r_i - mean_g(r)                            Dr. GRPO (norm_by_std=False)
+               a singleton group uses mean 0, std 1.
+  ratio        rho_t = exp(clamp(logp_t - old_logp_t, -20, 20))
+  loss         l_t = max(-A rho_t, -A clamp(rho_t, 1 - eps_low, 1 + eps_high))
+               (DAPO clip-higher), and for A < 0 the dual clip l_t = min(l_t, -A c).
+  aggregation  token-mean               sum_t m l / sum_t m
+               seq-mean-token-sum       mean_i  sum_t m l
+               seq-mean-token-mean      mean_i (sum_t m l / sum_t m)
+               seq-mean-token-sum-norm  sum_i sum_t m l / T           (Dr. GRPO)
+  KL           k1 = logp - ref,  k2 = (logp - ref)^2 / 2,
+               k3 = exp(ref - logp) - (ref - logp) - 1              (Schulman's low-var)
+
+Usage:
+  adv = group_advantages(rewards, uids)                      # (N,)
+  norm = global_normalizer([mb.mask for mb in micro_batches])  # whole mini-batch
+  for mb in micro_batches:
+      logp = token_logprobs(model(mb.ids).logits[:, :-1], mb.ids[:, 1:], temperature)
+      loss, stats = policy_loss(logp, mb.old_logp, mb.adv, mb.mask, normalizer=norm)
+      loss.backward()                  # gradients sum to the full-batch token-mean
+"""
+from collections import defaultdict
+
+import torch
+
+AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
+DEFAULT_CHUNK_ROWS = 512  # 512 x 151,936 float32 = 311 MB per temporary
+
+
+# ---- advantages ----
+
+@torch.no_grad()
+def group_advantages(scores, group_ids, norm_by_std=True, eps=1e-6):
+    """GRPO outcome advantages: normalise each score within its prompt group.
+    scores: (N,) tensor or list; group_ids: N hashables (ints, strings, uuids), any order."""
+    # verl computes in the scores' dtype (float32 rewards); we always use float32.
+    scores = torch.as_tensor(scores, dtype=torch.float32)  # (N,)
+    ids = group_ids.tolist() if hasattr(group_ids, "tolist") else list(group_ids)
+    if scores.dim() != 1 or len(ids) != scores.shape[0]:
+        raise ValueError(f"need (N,) scores and N group ids, got {tuple(scores.shape)} and {len(ids)}")
+    members = defaultdict(list)
+    for i, g in enumerate(ids):
+        members[g].append(i)
+    mean = torch.zeros_like(scores)  # (N,) singleton groups keep mean 0, std 1, as in verl
+    std = torch.ones_like(scores)    # (N,)
+    for idx in members.values():
+        if len(idx) < 2:
+            continue
+        idx = torch.tensor(idx, device=scores.device)
+        group = scores[idx]  # same as verl's torch.stack of the group's scores
+        mean[idx] = torch.mean(group)
+        std[idx] = torch.std(group)  # unbiased (ddof=1), verl's choice
+    adv = scores - mean
+    return adv / (std + eps) if norm_by_std else adv
+
+
+# ---- aggregation ----
+
+def _safe_div(num, den):
+    """num / den, with den == 0 replaced by 1: an empty mask gives 0 (the numerator is a masked
+    sum, hence 0 too) and a zero gradient, never NaN. verl adds 1e-8 instead; same to ~1e-8."""
+    den = torch.as_tensor(den, dtype=num.dtype, device=num.device)
+    return num / torch.where(den > 0, den, torch.ones_like(den))
+
+
+def masked_mean(x, mask):
+    """Mean of x over the positions where mask is 1 (0.0 if the mask is empty)."""
+    mask = mask.to(x.dtype)
+    return _safe_div((x * mask).sum(), mask.sum())
+
+
+def aggregate(loss_mat, mask, agg="token-mean", normalizer=None):
+    """Reduce a (B, T) per-token loss to a scalar (verl's agg_loss).
+
+    normalizer=None divides by the local count (token count, non-empty row count, or T).
+    Given a normalizer (from global_normalizer over ALL micro-batches of the optimizer step),
+    the loss is local_sum / normalizer, so the micro-batch losses SUM to the full-batch loss.
+    Deviation from older verl: it averaged each micro-batch with its own count and then rescaled
+    by 1/n_micro, which over-weights tokens of short micro-batches when token counts differ.
+    Under DDP (which averages gradients over ranks) multiply by world_size, as verl's dp_size does.
+    """
+    mask = mask.to(loss_mat.dtype)
+    if agg == "token-mean":
+        den = mask.sum() if normalizer is None else normalizer
+        return _safe_div((loss_mat * mask).sum(), den)
+    row_sums = (loss_mat * mask).sum(-1)  # (B,)
+    row_counts = mask.sum(-1)             # (B,)
+    if agg == "seq-mean-token-sum-norm":
+        # Dr. GRPO: a constant divisor (verl: mask.shape[-1], ideally max_response_length).
+        den = mask.shape[-1] if normalizer is None else normalizer
+        return _safe_div(row_sums.sum(), den)
+    if agg == "seq-mean-token-sum":
+        rows = row_sums
+    elif agg == "seq-mean-token-mean":
+        rows = _safe_div(row_sums, row_counts)  # (B,) empty rows give 0
+    else:
+        raise ValueError(f"unknown agg {agg!r}, expected one of {AGG_MODES}")
+    # Fully masked rows are not counted, like current verl's seq_mask.
+    den = (row_counts > 0).sum() if normalizer is None else normalizer
+    return _safe_div(rows.sum(), den)
+
+
+def global_normalizer(masks, agg="token-mean"):
+    """The normalizer to pass to every micro-batch of one optimizer step (a python float):
+    total token count (token-mean), non-empty row count (seq-mean-*), or the largest padded
+    length T (seq-mean-token-sum-norm). Sum it over ranks (all_reduce) in data parallel."""
+    if isinstance(masks, torch.Tensor):
+        masks = [masks]
+    if agg == "token-mean":
+        return float(sum(m.sum().item() for m in masks))
+    if agg in ("seq-mean-token-sum", "seq-mean-token-mean"):
+        return float(sum((m.sum(-1) > 0).sum().item() for m in masks))
+    if agg == "seq-mean-token-sum-norm":
+        return float(max(m.shape[-1] for m in masks))
+    raise ValueError(f"unknown agg {agg!r}, expected one of {AGG_MODES}")
+
+
+# ---- policy loss ----
+
+def policy_loss(logp, old_logp, advantages, mask, clip_low=0.2, clip_high=0.28, clip_c=10.0,
+                agg="token-mean", normalizer=None):
+    """verl's vanilla PPO loss: clip-higher plus dual clip. logp/old_logp/mask (B, T),
+    advantages (B,) or (B, T). Returns (scalar loss, dict of python-float stats)."""
+    if clip_c <= 1.0:
+        raise ValueError(f"dual-clip constant clip_c must be > 1, got {clip_c}")
+    mask = mask.to(logp.dtype)
+    adv = advantages.to(logp.dtype)
+    adv = adv.unsqueeze(-1) if adv.dim() == 1 else adv  # (B, 1) broadcasts over tokens
+    neg_kl = torch.clamp(logp - old_logp, -20.0, 20.0)  # (B, T) clamp keeps exp finite
+    ratio = torch.exp(neg_kl)                            # (B, T)
+    l1 = -adv * ratio                                                   # (B, T)
+    l2 = -adv * torch.clamp(ratio, 1.0 - clip_low, 1.0 + clip_high)    # (B, T)
+    clipped = torch.maximum(l1, l2)                                     # (B, T)
+    l3 = -adv * clip_c  # dual clip bounds the loss of A < 0 tokens whose ratio exploded
+    dual = torch.minimum(l3, clipped)
+    per_token = torch.where(adv < 0, dual, clipped)                     # (B, T)
+    loss = aggregate(per_token, mask, agg, normalizer)
+    with torch.no_grad():
+        stats = {
+            "clipfrac": masked_mean((l2 > l1).float(), mask).item(),
+            "clipfrac_lower": masked_mean(((clipped > l3) & (adv < 0)).float(), mask).item(),
+            "ppo_kl": masked_mean(-neg_kl, mask).item(),
+        }
+    return loss, stats
+
+
+# ---- KL penalty ----
+
+def kl_penalty(logp, ref_logp, kind="low_var_kl"):
+    """Per-token KL estimate between the policy and the reference (verl's kl_penalty)."""
+    if kind in ("k1", "kl"):
+        return logp - ref_logp
+    if kind == "abs":
+        return (logp - ref_logp).abs()
+    if kind in ("k2", "mse"):
+        return 0.5 * (logp - ref_logp).square()
+    if kind in ("k3", "low_var_kl"):
+        kl = torch.clamp(ref_logp - logp, -20.0, 20.0)
+        kld = torch.exp(kl) - kl - 1
+        return torch.clamp(kld, -10.0, 10.0)  # verl clamps so one outlier token can't dominate
+    raise ValueError(f"unknown KL kind {kind!r}: use k1/kl, abs, k2/mse, k3/low_var_kl")
+
+
+# ---- chunked log-probs and entropy ----
+
+def _flat_chunks(n_rows, chunk_size):
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
+    for start in range(0, n_rows, chunk_size):
+        yield start, min(start + chunk_size, n_rows)
+
+
+def _upcast(chunk, temperature):
+    """chunk.float() / temperature with a single float32 buffer (copy=True: never alias logits)."""
+    return chunk.to(torch.float32, copy=True).div_(temperature)  # (c, V)
+
+
+class _ChunkedLogProb(torch.autograd.Function):
+    """log softmax(logits / temperature)[target], upcasting chunk_size rows at a time so that
+    neither forward nor backward holds a float32 copy of the full (N, V) logits."""
+
+    @staticmethod
+    def forward(ctx, logits, targets, temperature, chunk_size):
+        # logits (N, V) any float dtype; targets (N,) int64
+        out = torch.empty(logits.shape[0], dtype=torch.float32, device=logits.device)  # (N,)
+        lse = torch.empty_like(out)                                                     # (N,)
+        for s, e in _flat_chunks(logits.shape[0], chunk_size):
+            # Deviation: verl divides the bf16 logits by temperature in place (one bf16
+            # rounding); we upcast first, which is the exact value.
+            x = _upcast(logits[s:e], temperature)  # (c, V)
+            lse[s:e] = torch.logsumexp(x, dim=-1)
+            out[s:e] = x.gather(1, targets[s:e, None]).squeeze(1) - lse[s:e]
+        ctx.save_for_backward(logits, targets, lse)  # the original logits, no copy
+        ctx.temperature, ctx.chunk_size = temperature, chunk_size
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        logits, targets, lse = ctx.saved_tensors
+        grad_out = grad_out.float()
+        grad = torch.empty_like(logits)  # (N, V) in the logits' dtype
+        for s, e in _flat_chunks(logits.shape[0], ctx.chunk_size):
+            x = _upcast(logits[s:e], ctx.temperature)               # (c, V)
+            g = torch.exp(x - lse[s:e, None]).mul_(-grad_out[s:e, None])  # -softmax * g
+            g.scatter_add_(1, targets[s:e, None], grad_out[s:e, None])   # + onehot * g
+            grad[s:e] = g.div_(ctx.temperature)
+        return grad, None, None, None
+
+
+def token_logprobs(logits, targets, temperature=1.0, chunk_size=DEFAULT_CHUNK_ROWS):
+    """Per-token log-probs (float32, shape of targets) of targets (B, T) under logits (B, T, V)
+    / temperature. Differentiable; memory is O(chunk_size * V) in float32 beyond the logits.
+    Non-contiguous logits (e.g. logits[:, :-1]) are copied once by reshape, in their own dtype."""
+    V = logits.shape[-1]
+    flat = _ChunkedLogProb.apply(logits.reshape(-1, V), targets.reshape(-1).long(),
+                                 float(temperature), int(chunk_size))  # (B*T,)
+    return flat.view(targets.shape)
+
+
+@torch.no_grad()
+def token_entropy(logits, temperature=1.0, chunk_size=DEFAULT_CHUNK_ROWS):
+    """Per-token entropy (float32, (B, T)) of softmax(logits / temperature), for logging."""
+    V = logits.shape[-1]
+    flat = logits.reshape(-1, V)                                               # (N, V)
+    out = torch.empty(flat.shape[0], dtype=torch.float32, device=logits.device)  # (N,)
+    for s, e in _flat_chunks(flat.shape[0], chunk_size):
+        x = _upcast(flat[s:e], temperature)  # (c, V)
+        # verl's entropy_from_logits: H = logsumexp(x) - sum softmax(x) * x. We normalise p with
+        # torch.sum instead of calling torch.softmax, whose CPU kernel sums 150k floats
+        # sequentially and costs up to ~3e-4 in H.
+        lse = torch.logsumexp(x, -1, keepdim=True)  # (c, 1)
+        p = torch.exp(x - lse)                      # (c, V)
+        p /= p.sum(-1, keepdim=True)
+        out[s:e] = lse.squeeze(-1) - (p * x).sum(-1)
+    return out.view(logits.shape[:-1])

@@ -1,0 +1,58 @@
+"""Tests for fapo.py: the per-rollout reward, DAPO's overlong penalty, batch scoring with a GenRM."""
+import pytest
+
+from fapo import fapo_reward, oracle_genrm, overlong_penalty, score_rollouts
+
+
+def test_fapo_reward():
+    assert fapo_reward(False, None) == -1.0
+    assert fapo_reward(False, True) == -1.0  # a wrong answer is never lifted or lowered
+    assert fapo_reward(True, False) == 1.0
+    assert fapo_reward(True, None) == 1.0   # unparseable verdict: not a flag
+    assert fapo_reward(True, True) == 0.0   # lambda = 1
+    assert fapo_reward(True, True, lam=0.0) == 1.0  # the baseline
+    assert fapo_reward(True, True, lam=0.5) == 0.5
+    assert fapo_reward(True, True, lam=1.5) == -0.5
+
+
+def test_overlong_penalty():
+    # max 8192, buffer 4096: free up to 4096 tokens, then linear to -1 at 8192
+    assert overlong_penalty(100, 8192, 4096) == 0.0
+    assert overlong_penalty(4096, 8192, 4096) == 0.0
+    assert overlong_penalty(6144, 8192, 4096) == pytest.approx(-0.5)
+    assert overlong_penalty(8192, 8192, 4096) == pytest.approx(-1.0)
+    assert overlong_penalty(8192, 8192, 4096, factor=0.5) == pytest.approx(-0.5)
+    assert overlong_penalty(10, 20, 0) == 0.0
+
+
+def test_score_rollouts_asks_only_about_correct():
+    asked = []
+
+    def genrm(problems, gts, step_lists):
+        asked.extend(step_lists)
+        return [1, -1, None][: len(step_lists)]
+
+    responses = ["a\n\n\\boxed{3}", "b\n\n\\boxed{4}", "c\n\nd\n\n\\boxed{3}", "\\boxed{3}"]
+    s = score_rollouts(responses, ["3"] * 4, ["p"] * 4, genrm=genrm, lam=1.0)
+    assert s.correct == [True, False, True, True]
+    assert asked == [["a", "\\boxed{3}"], ["c", "d", "\\boxed{3}"], ["\\boxed{3}"]]
+    assert s.flagged == [True, None, False, None]
+    assert s.rewards == [0.0, -1.0, 1.0, 1.0]
+    assert s.counts == {"n": 4, "correct": 3, "judged": 3, "flagged": 1, "unparseable": 1}
+    base = score_rollouts(responses, ["3"] * 4, ["p"] * 4, genrm=None)
+    assert base.rewards == [1.0, -1.0, 1.0, 1.0] and base.counts["judged"] == 0
+
+
+def test_score_rollouts_overlong_and_bad_genrm():
+    s = score_rollouts(["\\boxed{1}", "\\boxed{2}"], ["1", "1"], ["p", "p"], lengths=[10, 30], max_len=30,
+                       overlong_buffer=10)
+    assert s.rewards == [1.0, -2.0]
+    with pytest.raises(ValueError, match="verdicts"):
+        score_rollouts(["\\boxed{1}"], ["1"], ["p"], genrm=lambda *a: [])
+
+
+def test_oracle_genrm():
+    got = oracle_genrm(["8+6-4+9", "8+6-4+9", "not a problem"], ["19"] * 3,
+                       [["8+6=14", "14-4=10", "10+9=19", "\\boxed{19}"],
+                        ["8+6=14", "14-4=11", "10+9=19", "\\boxed{19}"], ["x"]])
+    assert got == [-1, 1, None]
