@@ -359,6 +359,17 @@ def toy_row(p: ToyProblem) -> Row:
                extra_info={"question": p.text}, data_source=TOY_SOURCE)
 
 
+def toy_rows(n: int, seed: int, exclude=()) -> list[Row]:
+    """n distinct toy problems as rows, none of whose text is in `exclude` (keeps test out of train)."""
+    rng, seen, out = random.Random(seed), set(exclude), []
+    while len(out) < n:
+        p = make_toy_problem(rng)
+        if p.text not in seen:
+            seen.add(p.text)
+            out.append(toy_row(p))
+    return out
+
+
 # ---- toy tokenizer: built locally, nothing downloaded ----
 
 CHAT_TEMPLATE = (
@@ -374,7 +385,7 @@ _TOY_WORDS = (
     "Otherwise which typically denotes not found Please reason step put your final i e boxed "
     "user assistant system ok wrong"
 ).split()
-_TOY_PATTERN = r"\\boxed\{|</?paragraph_\d+>|<\|[a-z_]+\|>|[A-Za-z]+|\n\n|."
+_TOY_PATTERN = r"\\boxed\{|</?paragraph_\d+>|<\|[a-z_]+\|>| ?[A-Za-z]+|\n\n|."
 
 
 def make_toy_tokenizer(max_paragraphs=16):
@@ -385,7 +396,8 @@ def make_toy_tokenizer(max_paragraphs=16):
     chars = [chr(c) for c in range(32, 127)] + ["\n", "\n\n", "\\boxed{"]
     tags = [f"<paragraph_{i}>" for i in range(max_paragraphs)] + [f"</paragraph_{i}>" for i in range(max_paragraphs)]
     vocab = {}
-    for t in _TOY_SPECIALS + chars + tags + _TOY_WORDS:
+    words = _TOY_WORDS + [" " + w for w in _TOY_WORDS]  # a word with its leading space is one token
+    for t in _TOY_SPECIALS + chars + tags + words:
         vocab.setdefault(t, len(vocab))
     tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.Split(Regex(_TOY_PATTERN), behavior="isolated")

@@ -94,6 +94,26 @@ def genrm_reward(pred: int | None, target: int, n_steps: int) -> float:
     return outcome + process
 
 
+def critic_rewards(rows: list[Row], texts: list[str]) -> tuple[list, dict]:
+    """GenRM rollouts scored against their rows (label = ground_truth, n = extra_info.total_steps):
+    the rewards, and sums for logging (outcome, process, verdicts right, parse failures, |t - t*|)."""
+    rewards, sums = [], {"outcome": 0.0, "process": 0.0, "verdict_right": 0, "parse_fail": 0, "loc_err": 0.0,
+                         "both_flawed": 0}
+    for r, t in zip(rows, texts):
+        n = r.extra_info["total_steps"]
+        pred = parse_index(t, n)
+        outcome, process = genrm_reward_parts(pred, r.ground_truth, n)
+        rewards.append(outcome + process)
+        sums["outcome"] += outcome
+        sums["process"] += process
+        sums["parse_fail"] += pred is None
+        sums["verdict_right"] += outcome > 0
+        if pred is not None and pred != -1 and r.ground_truth != -1:
+            sums["both_flawed"] += 1
+            sums["loc_err"] += abs(pred - r.ground_truth)
+    return rewards, sums
+
+
 # ---- metrics (the official evaluation script's definitions) ----
 
 
@@ -154,16 +174,17 @@ def majority_vote(indices: list) -> int | None:
 
 
 def toy_critique(p: ToyProblem, steps: list[str]) -> str:
-    """A checker-written critique: each operation recomputed, then the verdict.
+    """A checker-written critique: each paragraph copied, then redone from the problem, then compared.
 
-    One line per checked paragraph ("k: a op b = v ok|wrong"), stopping at the first wrong one, so a
-    small model can learn to do the check, not only guess the label.
+    One line per checked paragraph ("k: 8+6=15 | 8+6=14 wrong"), stopping at the first wrong one. Copy
+    first, recompute second: a small model can then compare two strings side by side, which it learns
+    far more easily than spotting a mismatch across the whole prompt.
     """
     first = toy_first_error(p, steps)
     lines, prev = [], p.first
     for k, ((op, b), v) in enumerate(zip(p.ops, p.running_values())):
-        verdict = "wrong" if k == first else "ok"
-        lines.append(f"{k}: {prev}{op}{b}={v} {verdict}")
+        shown = steps[k] if k < len(steps) else ""
+        lines.append(f"{k}: {shown} | {prev}{op}{b}={v} {'wrong' if k == first else 'ok'}")
         prev = v
         if k == first:
             break

@@ -1,4 +1,4 @@
-"""Shared test setup: import the flat top-level modules from the repo root; keep torch to 2 threads."""
+"""Shared test setup: import the flat top-level modules from the repo root."""
 import os
 import sys
 

@@ -1,0 +1,159 @@
+"""Tests for train.py: the update's exact global token-mean (micro-batches, 2 processes vs 1), an
+end-to-end toy run with checkpoint reload and resume, and bad input.
+
+Run as a script under torchrun, this file is also the worker of the 2-process test."""
+import json
+import os
+import random
+import subprocess
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import data  # noqa: E402
+import train  # noqa: E402
+
+
+def fixed_samples(tok, n=8, seed=0):
+    """A fixed global batch: toy prompts, random responses of very different lengths, advantages."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        prompt = data.encode_prompt(tok, data.toy_row(data.make_toy_problem(rng)).prompt)
+        response = [rng.randrange(4, len(tok)) for _ in range(rng.choice([1, 3, 9, 20]))]
+        out.append({"prompt": prompt, "response": response, "adv": rng.uniform(-2, 2), "weight": 1.0})
+    return out
+
+
+def update_cfg(tok, **kw):
+    base = dict(pad_id=tok.pad_token_id, temperature=0.9, mini_batches=1, micro_batch=2, loss_agg="token-mean",
+                clip_low=0.2, clip_high=0.28, clip_c=10.0, grad_clip=1e9, kl_coef=0.0, kl_kind="k3",
+                max_response_len=48)
+    base.update(kw)
+    return SimpleNamespace(**base)
+
+
+def sgd_update(samples, world_rank=(1, 0), **kw):
+    """One policy_update with SGD(lr=1): the parameter change is exactly minus the gradient."""
+    d = train.Dist()
+    tok = data.make_toy_tokenizer()
+    model = train.shard(train.build_toy_model(tok, seed=3), d, torch.float32)
+    opt = torch.optim.SGD(model.parameters(), lr=1.0)
+    mine = samples[d.rank::d.world]
+    stats = train.policy_update(model, opt, mine, update_cfg(tok, **kw), d)
+    return train.full_state_dict(model), stats, d
+
+
+def test_micro_batch_count_does_not_change_the_update():
+    tok = data.make_toy_tokenizer()
+    samples = fixed_samples(tok)
+    sd1, st1, _ = sgd_update(samples, micro_batch=1)
+    sd8, st8, _ = sgd_update(samples, micro_batch=8)
+    sd3, _, _ = sgd_update(samples, micro_batch=3)
+    init = train.build_toy_model(tok, seed=3).state_dict()
+    moved = max((sd8[k] - init[k]).abs().max().item() for k in sd8)
+    assert moved > 1e-3  # the update is not vacuous
+    for k in sd1:
+        torch.testing.assert_close(sd1[k], sd8[k], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(sd3[k], sd8[k], atol=1e-6, rtol=1e-5)
+    assert st1["loss"] == pytest.approx(st8["loss"], abs=1e-6)
+
+
+def test_mini_batches_recompute_old_logprobs():
+    tok = data.make_toy_tokenizer()
+    samples = fixed_samples(tok)
+    sd, st, _ = sgd_update(samples, mini_batches=2, micro_batch=3)
+    # two SGD updates of lr 1 on a tiny model: the second sees a moved policy, so ratios leave 1
+    assert st["ppo_kl"] != 0.0 and all(torch.isfinite(v).all() for v in sd.values())
+
+
+def run_worker(nproc, out):
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port",
+           str(29500 + random.randrange(1000)), os.path.abspath(__file__), out]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    return torch.load(out, weights_only=True)
+
+
+def test_two_processes_equal_one(tmp_path):
+    one = run_worker(1, str(tmp_path / "one.pt"))
+    two = run_worker(2, str(tmp_path / "two.pt"))
+    assert abs(one["loss"] - two["loss"]) < 1e-5
+    for k in one["params"]:
+        torch.testing.assert_close(one["params"][k], two["params"][k], atol=1e-5, rtol=1e-5)
+
+
+def _worker(out):
+    torch.set_num_threads(1)
+    tok = data.make_toy_tokenizer()
+    sd, st, d = sgd_update(fixed_samples(tok), micro_batch=2)
+    if d.main:
+        torch.save({"params": sd, "loss": st["loss"]}, out)
+    torch.distributed.destroy_process_group()
+
+
+# ---- end to end ----
+
+TINY = ["--sft-steps", "6", "--sft-batch", "16", "--steps", "3", "--prompts-per-step", "4", "--rollouts", "4",
+        "--eval-prompts", "8", "--eval-samples", "2", "--eval-every", "2", "--save-every", "2", "--no-progress",
+        "--max-response-len", "24", "--lr", "1e-2", "--sft-lr", "1e-2", "--warmup", "1", "--sft-warmup", "1"]
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def test_end_to_end_demo_checkpoint_and_resume(tmp_path):
+    out = str(tmp_path / "run")
+    train.main(TINY + ["--out", out])
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["fapo_lambda"] == 1.0 and cfg["task"] == "rl" and cfg["lr"] == 1e-2
+    rl = read_jsonl(os.path.join(out, "rl", "metrics.jsonl"))
+    steps = [m for m in rl if "eval" not in m]
+    assert [m["step"] for m in steps] == [1, 2, 3]
+    for key in ("reward", "acc", "flawed_ratio", "response_length", "clipfrac", "entropy", "grad_norm", "lr",
+                "t_sample", "t_judge", "t_train"):
+        assert key in steps[0], key
+    assert any(m.get("eval") == "step2" for m in rl)
+    from transformers import AutoModelForCausalLM
+    init = train.build_toy_model(data.make_toy_tokenizer(), seed=0)
+    loaded = AutoModelForCausalLM.from_pretrained(os.path.join(out, "rl", "ckpt"))
+    assert any(not torch.equal(a, b) for a, b in zip(init.state_dict().values(), loaded.state_dict().values()))
+    state = torch.load(os.path.join(out, "rl", "ckpt", "trainer_state.pt"), weights_only=True)
+    assert state["step"] == 3
+    # resume: 2 more steps continue from step 3, with the checkpoint's weights
+    train.main(TINY + ["--out", out, "--resume", "--steps", "5", "--sft-steps", "6"])
+    rl = read_jsonl(os.path.join(out, "rl", "metrics.jsonl"))
+    assert [m["step"] for m in rl if "eval" not in m] == [1, 2, 3, 4, 5]
+    sft = [m for m in read_jsonl(os.path.join(out, "sft", "metrics.jsonl")) if "eval" not in m]
+    assert [m["step"] for m in sft] == [1, 2, 3, 4, 5, 6]  # the finished SFT phase was not rerun
+
+
+def test_missing_ground_truth_fails_fast(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    good = {"prompt": [{"role": "user", "content": "1+2"}], "reward_model": {"ground_truth": "3"}}
+    bad.write_text(json.dumps(good) + "\n" + json.dumps({"prompt": "1+1", "reward_model": {}}) + "\n")
+    with pytest.raises(ValueError, match=r"row 2: field 'reward_model.ground_truth'"):
+        train.main(["--task", "rl", "--data", str(bad), "--out", str(tmp_path / "o"), "--no-progress"])
+    torch.distributed.destroy_process_group()
+
+
+def test_garbage_genrm_is_counted_not_fatal():
+    """An untrained GenRM writes garbage: its verdicts are unparseable, counted, and not flags."""
+    import fapo
+    import genrm
+    tok = data.make_toy_tokenizer()
+    judge = genrm.ModelJudge(train.build_toy_model(tok, seed=1).eval(), tok, max_new_tokens=12, temperature=1.0)
+    s = fapo.score_rollouts(["8+6=14\n\n\\boxed{14}"] * 4 + ["\\boxed{1}"], ["14"] * 5, ["8+6"] * 5, genrm=judge)
+    assert s.counts["judged"] == 4 and s.counts["unparseable"] >= 3
+    assert s.rewards[:4] == [0.0 if f else 1.0 for f in s.flagged[:4]] and s.rewards[4] == -1.0
+
+
+if __name__ == "__main__":
+    _worker(sys.argv[1])

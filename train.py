@@ -1,0 +1,744 @@
+"""train.py -- GRPO / FAPO training (and its SFT cold start, and GenRM training) under torchrun + FSDP2.
+
+    torchrun train.py                               # the built-in demo: toy task, SFT, then FAPO RL
+    torchrun --nproc_per_node=2 train.py            # the same on 2 processes (gloo on CPU)
+    torchrun train.py --task rl --model PATH --data train.parquet --genrm GENRM_PATH   # a real run
+
+One step of RL (paper, Algorithm 1, with verl's GRPO):
+    1. every rank takes its share of the step's prompts and samples G rollouts each (sampler.py),
+    2. the rule verifier scores them; the GenRM judges the correct ones; flawed positives get 1 - lambda
+       (fapo.py) -- or, with --task genrm, the critic's stepwise reward (genrm.py),
+    3. GRPO advantages per prompt group (a group never spans ranks), optional DAPO dynamic sampling,
+    4. clipped policy-gradient updates with an exact *global* token-mean over micro-batches and ranks.
+The same code path runs on 1 CPU, 1 GPU and N nodes: a single process is a world of size 1.
+"""
+import argparse
+import contextlib
+import hashlib
+import json
+import math
+import os
+import random
+import shutil
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+import data
+import fapo
+import genrm
+import grpo
+import sampler
+
+# ---- config ----
+
+p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+a = p.add_argument
+a("--task", default="rl", choices=["rl", "sft", "genrm"],
+  help="rl: GRPO/FAPO on a policy; sft: cross-entropy only; genrm: GRPO on critique rows with the stepwise "
+       "reward. With --model toy, rl and genrm start with an SFT cold start (the built-in demo)")
+a("--model", default="toy", help="HF model dir, or 'toy' for a tiny Qwen3 built from a config")
+a("--data", default="toy", help="train rows (.jsonl/.json/.parquet, verl schema) or 'toy'")
+a("--test-data", default="toy", help="eval rows, or 'toy', or 'none'")
+a("--out", default="out", help="output dir: config.json, metrics.jsonl, checkpoints")
+a("--resume", action="store_true", help="continue from OUT/ckpt")
+a("--seed", type=int, default=0, help="seeds model init, data order and every sampling generator")
+# rollouts
+a("--steps", type=int, default=None, help="RL steps")
+a("--prompts-per-step", type=int, default=None, help="prompts per step, all ranks together")
+a("--rollouts", type=int, default=None, help="G: samples per prompt")
+a("--temperature", type=float, default=None, help="rollout temperature (the loss uses the same)")
+a("--top-p", type=float, default=1.0)
+a("--top-k", type=int, default=0)
+a("--max-prompt-len", type=int, default=None, help="longer prompts are dropped and counted")
+a("--max-response-len", type=int, default=None, help="new tokens per rollout")
+a("--max-tokens-in-flight", type=int, default=None, help="sampler memory cap (tokens decoding at once)")
+# reward
+a("--genrm", default="oracle", help="'oracle' (the toy step checker), 'none', or a GenRM model dir")
+a("--fapo-lambda", type=float, default=1.0, help="flawed positives get 1 - lambda; 0 is the baseline")
+a("--genrm-temperature", type=float, default=0.0, help="GenRM decoding temperature when judging (0 = greedy)")
+a("--genrm-max-tokens", type=int, default=64, help="GenRM response budget when judging")
+a("--overlong-buffer", type=int, default=None, help="DAPO overlong buffer (tokens); 0 = off")
+a("--overlong-factor", type=float, default=1.0)
+# loss
+a("--mini-batches", type=int, default=1, help="optimizer updates per step (>1 recomputes old log-probs)")
+a("--micro-batch", type=int, default=64, help="rows per forward/backward")
+a("--clip-low", type=float, default=0.2)
+a("--clip-high", type=float, default=0.28)
+a("--clip-c", type=float, default=10.0, help="dual-clip constant for negative advantages")
+a("--loss-agg", default="token-mean", choices=list(grpo.AGG_MODES))
+a("--norm-adv-by-std", type=int, default=1, help="1: GRPO; 0: Dr. GRPO (s - mean)")
+a("--dynamic-sampling", action="store_true", help="DAPO: drop groups whose rewards are all equal")
+a("--kl-coef", type=float, default=0.0, help="KL-to-reference loss coefficient (0: no reference model)")
+a("--kl-kind", default="k3", choices=["k1", "k2", "k3", "abs"])
+# optimisation
+a("--lr", type=float, default=None, help="RL learning rate")
+a("--warmup", type=int, default=10, help="linear warm-up steps, then constant")
+a("--weight-decay", type=float, default=0.1)
+a("--betas", type=float, nargs=2, default=[0.9, 0.999])
+a("--grad-clip", type=float, default=1.0)
+a("--grad-checkpointing", action="store_true")
+a("--dtype", default="auto", choices=["auto", "float32", "bfloat16"], help="auto: bf16 compute on CUDA, fp32 on CPU")
+# SFT (cold start)
+a("--sft-steps", type=int, default=800)
+a("--sft-batch", type=int, default=64, help="sequences per SFT step, all ranks together")
+a("--sft-lr", type=float, default=1e-3)
+a("--sft-warmup", type=int, default=50)
+a("--sft-flawed-share", type=float, default=0.3, help="toy: share of SFT traces with a flawed step")
+# evaluation and logging
+a("--eval-every", type=int, default=None, help="RL steps between evaluations (0: only at start and end)")
+a("--eval-prompts", type=int, default=256, help="test prompts per evaluation (0: all)")
+a("--eval-samples", type=int, default=4, help="n samples per test prompt (avg@n, pass@k)")
+a("--eval-temperature", type=float, default=1.0)
+a("--pass-k", type=int, default=2, help="k of the unbiased pass@k estimate (k <= eval-samples)")
+a("--save-every", type=int, default=50, help="steps between checkpoints (always at the end)")
+a("--no-progress", action="store_true", help="no tqdm bar")
+p.epilog = "Arguments left at None take their value from DEFAULTS: the paper's for real data, the toy's for toy data."
+
+# the paper's settings (Table 1 and run scripts) for real data; the toy task's (../shared/TOY-NOTES.md) otherwise
+DEFAULTS = {
+    ("rl", False): dict(steps=200, prompts_per_step=512, rollouts=8, temperature=1.0, lr=1e-6, max_prompt_len=2048,
+                        max_response_len=8192, overlong_buffer=4096, eval_every=10),
+    ("genrm", False): dict(steps=500, prompts_per_step=512, rollouts=16, temperature=1.2, lr=1e-6,
+                           max_prompt_len=5120, max_response_len=8192, overlong_buffer=0, eval_every=10),
+    ("rl", True): dict(steps=100, prompts_per_step=16, rollouts=8, temperature=1.0, lr=2e-4, max_prompt_len=64,
+                       max_response_len=48, overlong_buffer=0, eval_every=25),
+    ("genrm", True): dict(steps=60, prompts_per_step=16, rollouts=16, temperature=1.2, lr=1e-4, max_prompt_len=512,
+                          max_response_len=64, overlong_buffer=0, eval_every=20),
+}
+DEFAULTS[("sft", False)], DEFAULTS[("sft", True)] = DEFAULTS[("rl", False)], DEFAULTS[("rl", True)]
+
+
+def parse_config(argv=None):
+    cfg = p.parse_args(argv)
+    for k, v in DEFAULTS[(cfg.task, cfg.data == "toy")].items():
+        if getattr(cfg, k) is None:
+            setattr(cfg, k, v)
+    cfg.critic = cfg.task == "genrm"
+    return cfg
+
+
+# ---- distributed: the one place that reads torchrun's environment ----
+
+class Dist:
+    def __init__(self):
+        self.rank = int(os.environ.get("RANK", 0))
+        self.world = int(os.environ.get("WORLD_SIZE", 1))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", 0))
+        cuda = torch.cuda.is_available()
+        self.device = torch.device("cuda", self.local_rank) if cuda else torch.device("cpu")
+        if cuda:
+            torch.cuda.set_device(self.device)
+        if not dist.is_initialized():
+            if "MASTER_ADDR" in os.environ:
+                dist.init_process_group("nccl" if cuda else "gloo", device_id=self.device if cuda else None)
+            else:  # plain `python train.py`: a world of one, no network needed
+                dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
+        self.main = self.rank == 0
+
+    def sum(self, values):
+        """All-reduce sum of a list of floats (one collective)."""
+        t = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def max(self, value):
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return t.item()
+
+
+# ---- models: build, shard, gather, save ----
+
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard  # noqa: E402
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,  # noqa: E402
+                                                     get_optimizer_state_dict, set_optimizer_state_dict)
+from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen3Config, Qwen3ForCausalLM  # noqa: E402
+from transformers.utils import logging as hf_logging  # noqa: E402
+
+hf_logging.disable_progress_bar()  # our own tqdm bar is the only one
+
+
+def build_toy_model(tokenizer, seed):
+    """The toy policy/GenRM: a 2-layer Qwen3 (~0.5M parameters) over the toy tokenizer."""
+    cfg = Qwen3Config(vocab_size=64 * math.ceil(len(tokenizer) / 64), hidden_size=128, intermediate_size=512,
+                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
+                      max_position_embeddings=512, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
+                      pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
+    torch.manual_seed(seed)  # explicit: the same seed builds the same model
+    return Qwen3ForCausalLM(cfg)
+
+
+def load_model(path, tokenizer, seed, dtype=torch.float32):
+    if path == "toy":
+        return build_toy_model(tokenizer, seed).to(dtype)
+    # trust_remote_code stays off: the model's own code is not run
+    return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
+
+
+def load_tokenizer(path):
+    return data.make_toy_tokenizer() if path == "toy" else AutoTokenizer.from_pretrained(path)
+
+
+def decoder_layers(model):
+    """The repeated blocks that FSDP2 shards one by one (HF causal LMs keep them at model.model.layers)."""
+    layers = getattr(getattr(model, "model", None), "layers", None)
+    if isinstance(layers, torch.nn.ModuleList):
+        return layers
+    for mod in model.modules():
+        if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0:
+            return mod
+    return []
+
+
+def shard(model, d: Dist, compute_dtype):
+    """FSDP2: each decoder layer its own group, then the root (embeddings, norm, head). fp32 master
+    weights; on GPU bf16 compute with fp32 gradient reduction."""
+    mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
+    model.to(d.device)
+    for layer in decoder_layers(model):
+        fully_shard(layer, mp_policy=mp)
+    fully_shard(model, mp_policy=mp)
+    return model
+
+
+@contextlib.contextmanager
+def gathered(model):
+    """Unshard every FSDP group once for sampling: the decode loop then runs with no collectives, so
+    ranks may take different numbers of decode steps. Every rank must enter (the gather is one)."""
+    groups = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    for m in groups:
+        m.unshard()
+        m.set_reshard_after_forward(False, recurse=False)
+    try:
+        yield model
+    finally:
+        for m in groups:
+            m.reshard()
+            m.set_reshard_after_forward(True, recurse=False)
+
+
+def full_state_dict(model):
+    """The whole model on CPU, on rank 0 (empty elsewhere)."""
+    return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def atomic_dir_write(final, write):
+    """write(tmp_dir), then swap it in: a kill mid-save leaves the previous checkpoint intact."""
+    tmp, old = final + ".tmp", final + ".old"
+    shutil.rmtree(tmp, ignore_errors=True)
+    os.makedirs(tmp)
+    write(tmp)
+    if os.path.exists(final):
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def save_checkpoint(model, optimizer, scheduler, tokenizer, state, out_dir, d: Dist, name="ckpt"):
+    """HF-format weights + tokenizer (from_pretrained loads them) + trainer state for --resume."""
+    msd = full_state_dict(model)
+    osd = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    if d.main:
+        def write(tmp):
+            model.save_pretrained(tmp, state_dict=msd)
+            tokenizer.save_pretrained(tmp)
+            torch.save({"optimizer": osd, "scheduler": scheduler.state_dict(), **state}, os.path.join(tmp, "trainer_state.pt"))
+        atomic_dir_write(os.path.join(out_dir, name), write)
+    dist.barrier()
+
+
+def resume_path(out_dir):
+    for name in ("ckpt", "ckpt.old"):  # .old survives a kill between the two renames
+        path = os.path.join(out_dir, name)
+        if os.path.exists(os.path.join(path, "trainer_state.pt")):
+            return path
+    return None
+
+
+def load_trainer_state(path, model, optimizer, scheduler, d: Dist):
+    state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=True, map_location="cpu")
+    set_optimizer_state_dict(model, optimizer, state["optimizer"],
+                             options=StateDictOptions(full_state_dict=True))
+    scheduler.load_state_dict(state["scheduler"])
+    return state
+
+
+def make_optimizer(model, lr, warmup, cfg):
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)))
+    return opt, sched
+
+
+# ---- prompts ----
+
+def eos_ids(tokenizer, model):
+    ids = {tokenizer.eos_token_id}
+    gen_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids |= set(gen_eos) if isinstance(gen_eos, list) else {gen_eos}
+    return sorted(i for i in ids if i is not None)
+
+
+def pad_id(tokenizer):
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+# ---- batches: [left-padded prompt | right-padded response] ----
+
+def collate(prompts, responses, pad, device):
+    """Every response starts at the same column P, so logits_to_keep = R + 1 gives exactly the
+    positions that predict response tokens. Masks come from lengths, never from the pad id."""
+    P = max(len(x) for x in prompts)
+    R = max(max(len(y) for y in responses), 1)
+    B = len(prompts)
+    ids = torch.full((B, P + R), pad, dtype=torch.long)
+    attn = torch.zeros((B, P + R), dtype=torch.long)
+    for i, (x, y) in enumerate(zip(prompts, responses)):
+        ids[i, P - len(x):P + len(y)] = torch.tensor(x + y, dtype=torch.long)
+        attn[i, P - len(x):P + len(y)] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)                     # (B, P+R)
+    resp_mask = attn[:, P:].float()                               # (B, R)
+    targets = torch.cat([ids[:, P:], torch.zeros(B, 1, dtype=torch.long)], 1)  # (B, R+1): last is a dummy
+    return {k: v.to(device) for k, v in dict(ids=ids, attn=attn, pos=pos, mask=resp_mask, targets=targets).items()}, R
+
+
+def response_logprobs(model, batch, R, temperature, want_entropy=False):
+    """(B, R) log-probs of the response tokens at `temperature` (as sampled), and optionally entropy."""
+    logits = model(input_ids=batch["ids"], attention_mask=batch["attn"], position_ids=batch["pos"],
+                   logits_to_keep=R + 1).logits                   # (B, R+1, V)
+    # targets carry one dummy column so no slice of the logits is copied; its output is dropped
+    logp = grpo.token_logprobs(logits, batch["targets"], temperature)[:, :R]  # (B, R)
+    ent = grpo.token_entropy(logits, temperature)[:, :R] if want_entropy else None
+    return logp, ent
+
+
+def derive_seed(*parts):
+    """A stable 62-bit seed from parts (Python's hash() of a str changes between processes)."""
+    return int.from_bytes(hashlib.sha256(repr(parts).encode()).digest()[:8], "little") >> 2
+
+
+def chunks(seq, size):
+    return [seq[i:i + size] for i in range(0, len(seq), size)]
+
+
+# ---- the update: exact global token-mean over micro-batches and ranks ----
+
+def policy_update(model, optimizer, samples, cfg, d: Dist, ref_model=None):
+    """samples: dicts with prompt, response (ids), adv (float), weight (0 for padding rows).
+    Every rank passes the same number of samples, so every rank runs the same number of
+    forward/backward passes (FSDP's collectives need that)."""
+    stats = {"loss": 0.0, "clipfrac": 0.0, "clipfrac_lower": 0.0, "ppo_kl": 0.0, "entropy": 0.0, "kl": 0.0, "n_micro": 0}
+    pad = cfg.pad_id
+    if cfg.mini_batches > 1:  # several updates per step: the ratio needs the pre-update policy
+        with torch.no_grad():
+            for mb in chunks(samples, cfg.micro_batch):
+                batch, R = collate([s["prompt"] for s in mb], [s["response"] for s in mb], pad, d.device)
+                old, _ = response_logprobs(model, batch, R, cfg.temperature)
+                for s, row, m in zip(mb, old, batch["mask"]):
+                    s["old_logp"] = row[: int(m.sum())].cpu()
+    grad_norms = []
+    for mini in chunks(samples, math.ceil(len(samples) / cfg.mini_batches)):
+        masks = [torch.full((1, len(s["response"])), float(s["weight"])) for s in mini]
+        normalizer = d.sum([sum(grpo.global_normalizer(m, cfg.loss_agg) for m in masks)])[0]
+        if cfg.loss_agg == "seq-mean-token-sum-norm":
+            normalizer = cfg.max_response_len  # Dr. GRPO's constant, identical on every rank
+        for mb in chunks(mini, cfg.micro_batch):
+            batch, R = collate([s["prompt"] for s in mb], [s["response"] for s in mb], pad, d.device)
+            mask = batch["mask"] * torch.tensor([s["weight"] for s in mb], device=d.device)[:, None]
+            logp, ent = response_logprobs(model, batch, R, cfg.temperature, want_entropy=True)
+            old = logp.detach() if cfg.mini_batches == 1 else torch.nn.utils.rnn.pad_sequence(
+                [s["old_logp"] for s in mb], batch_first=True).to(d.device)[:, :R]
+            adv = torch.tensor([s["adv"] for s in mb], dtype=torch.float32, device=d.device)
+            loss, st = grpo.policy_loss(logp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.clip_c,
+                                        cfg.loss_agg, normalizer)
+            if ref_model is not None:
+                with torch.no_grad():
+                    ref, _ = response_logprobs(ref_model, batch, R, cfg.temperature)
+                kl = grpo.aggregate(grpo.kl_penalty(logp, ref, cfg.kl_kind), mask, cfg.loss_agg, normalizer)
+                loss = loss + cfg.kl_coef * kl
+                stats["kl"] += kl.item()
+            # FSDP averages gradients over ranks; the normaliser is already global, so undo the average
+            (loss * d.world).backward()
+            stats["loss"] += loss.item()
+            for k in ("clipfrac", "clipfrac_lower", "ppo_kl"):
+                stats[k] += st[k]
+            stats["entropy"] += grpo.masked_mean(ent, mask).item()
+            stats["n_micro"] += 1
+        grad_norms.append(optimizer_step(model, optimizer, cfg.grad_clip))
+    # loss and kl are sums of globally normalised parts: add them over ranks; average the rest
+    n = max(stats.pop("n_micro"), 1)
+    keys = ["clipfrac", "clipfrac_lower", "ppo_kl", "entropy"]
+    tot = d.sum([stats["loss"], stats["kl"]] + [stats[k] / n / d.world for k in keys])
+    return {"loss": tot[0] / cfg.mini_batches, "kl": tot[1] / cfg.mini_batches, **dict(zip(keys, tot[2:])),
+            "grad_norm": sum(grad_norms) / len(grad_norms)}
+
+
+def optimizer_step(model, optimizer, grad_clip):
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm.item()
+
+
+def sft_update(model, optimizer, pairs, cfg, d: Dist):
+    """Cross-entropy on response tokens, token-mean over the whole global batch."""
+    n_tok = d.sum([float(sum(len(r) for _, r in pairs))])[0]
+    total = 0.0
+    for mb in chunks(pairs, cfg.micro_batch):
+        batch, R = collate([x for x, _ in mb], [y for _, y in mb], cfg.pad_id, d.device)
+        logp, _ = response_logprobs(model, batch, R, 1.0)
+        loss = -(logp * batch["mask"]).sum() / n_tok
+        (loss * d.world).backward()
+        total += loss.item()
+    return {"loss": d.sum([total])[0], "grad_norm": optimizer_step(model, optimizer, cfg.grad_clip)}
+
+
+# ---- rollouts and scoring ----
+
+def sample(model, prompt_ids, n, temperature, cfg, seed, d: Dist):
+    """n completions per prompt from the gathered (unsharded) model, with a generator of its own."""
+    gen = torch.Generator(device=d.device).manual_seed(seed)
+    with gathered(model):
+        return sampler.generate(model, prompt_ids, cfg.max_response_len, temperature=temperature, top_p=cfg.top_p,
+                                top_k=cfg.top_k, eos_token_id=cfg.eos_ids, pad_token_id=cfg.pad_id, n=n,
+                                generator=gen, max_tokens_in_flight=cfg.max_tokens_in_flight)
+
+
+def make_judge(cfg, d: Dist, which):
+    """A GenRM with the interface (problems, ground_truths, step_lists) -> [index | None], and a
+    context manager that readies it on every rank (a sharded GenRM is gathered once per step)."""
+    if which == "none":
+        return None, contextlib.nullcontext
+    if which == "oracle":
+        return fapo.oracle_genrm, contextlib.nullcontext
+    tok = AutoTokenizer.from_pretrained(which)
+    model = shard(AutoModelForCausalLM.from_pretrained(which, dtype=torch.float32), d, cfg.compute_dtype).eval()
+    model.requires_grad_(False)  # frozen: FAPO does not train the GenRM it judges with
+    judge = genrm.ModelJudge(model, tok, max_new_tokens=cfg.genrm_max_tokens, temperature=cfg.genrm_temperature,
+                             seed=cfg.seed, device=d.device)
+    return judge, lambda: gathered(model)
+
+
+def score_policy(rows, texts, lengths, cfg, judge):
+    """FAPO reward for policy rollouts; returns (rewards, sums for logging). On toy data a learned GenRM
+    is also checked against the oracle: how often its flag agrees, and the oracle's flawed count."""
+    s = fapo.score_rollouts(texts, [r.ground_truth for r in rows], [data.problem_text(r) for r in rows],
+                            genrm=judge, lam=cfg.fapo_lambda, lengths=lengths, max_len=cfg.max_response_len,
+                            overlong_buffer=cfg.overlong_buffer, overlong_factor=cfg.overlong_factor)
+    c = s.counts
+    sums = {"correct": c["correct"], "flagged": c["flagged"], "unparseable": c["unparseable"], "judged": c["judged"]}
+    if cfg.data == "toy" and judge not in (None, fapo.oracle_genrm):
+        ok = [i for i, good in enumerate(s.correct) if good]
+        truth = fapo.oracle_genrm([data.problem_text(rows[i]) for i in ok], None, [data.split_steps(texts[i]) for i in ok])
+        sums["oracle_flagged"] = sum(t != -1 for t in truth)
+        sums["agree"] = sum((t != -1) == bool(s.flagged[i]) for i, t in zip(ok, truth))
+    return s.rewards, sums
+
+
+def score_critic(rows, texts, lengths, cfg, judge):
+    return genrm.critic_rewards(rows, texts)
+
+
+def step_batch(rows, step, cfg, d: Dist):
+    """This rank's rows for a step: a seeded permutation per epoch, the same on every rank."""
+    per_rank = cfg.prompts_per_step // d.world
+    start = step * cfg.prompts_per_step + d.rank * per_rank
+    out = []
+    for i in range(start, start + per_rank):
+        epoch, j = divmod(i, len(rows))
+        order = random.Random(cfg.seed * 1_000_003 + epoch).sample(range(len(rows)), len(rows))
+        out.append(order[j])
+    return out
+
+
+def rl_step(model, step, rows, ids, cfg, d: Dist, judge, ready, scorer, optimizer, scheduler, ref_model):
+    """One GRPO step: sample, score, advantages, update. Returns the step's metrics (global)."""
+    idx = step_batch(rows, step, cfg, d)
+    t0 = time.time()
+    comps = sample(model, [ids[i] for i in idx], cfg.rollouts, cfg.temperature, cfg,
+                   seed=derive_seed(cfg.seed, "rollout", step, d.rank), d=d)
+    t1 = time.time()
+    rrows = [rows[i] for i in idx for _ in range(cfg.rollouts)]
+    texts = [cfg.tokenizer.decode(c.tokens, skip_special_tokens=True) for c in comps]
+    lengths = [len(c.tokens) for c in comps]
+    with ready():
+        rewards, sums = scorer(rrows, texts, lengths, cfg, judge)
+    t2 = time.time()
+    groups = [step * cfg.prompts_per_step + d.rank * len(idx) + k // cfg.rollouts for k in range(len(comps))]
+    adv = grpo.group_advantages(torch.tensor(rewards), groups, norm_by_std=bool(cfg.norm_adv_by_std)).tolist()
+    samples = [{"prompt": ids[i], "response": c.tokens, "adv": a, "weight": 1.0}
+               for i, c, a in zip([i for i in idx for _ in range(cfg.rollouts)], comps, adv)]
+    dropped = 0
+    if cfg.dynamic_sampling:  # DAPO: a group with equal rewards carries no signal; drop it (no refill)
+        keep = [g for g in range(len(idx)) if len(set(rewards[g * cfg.rollouts:(g + 1) * cfg.rollouts])) > 1]
+        dropped = len(idx) - len(keep)
+        kept = [samples[g * cfg.rollouts + k] for g in keep for k in range(cfg.rollouts)]
+        # pad to the same count on every rank with zero-weight copies: FSDP needs equal pass counts
+        target = int(d.max(len(kept)))
+        samples = kept + [dict(samples[0], weight=0.0) for _ in range(target - len(kept))]
+    upd = policy_update(model, optimizer, samples, cfg, d, ref_model) if samples else {}
+    scheduler.step()
+    t3 = time.time()
+    keys = sorted(sums)
+    tot = d.sum([sum(rewards), len(rewards), sum(lengths), dropped] + [float(sums[k]) for k in keys])
+    g = dict(zip(["reward", "n", "length", "dropped"] + keys, tot))
+    m = {"step": step + 1, "reward": g["reward"] / g["n"], "response_length": g["length"] / g["n"],
+         "groups_dropped": int(g["dropped"]), "lr": scheduler.get_last_lr()[0],
+         "t_sample": t1 - t0, "t_judge": t2 - t1, "t_train": t3 - t2}
+    m.update(upd)
+    if "correct" in g:
+        m.update(acc=g["correct"] / g["n"], flawed_ratio=g["flagged"] / max(g["correct"], 1),
+                 unparseable=g["unparseable"] / max(g["judged"], 1))
+        if "agree" in g:
+            m.update(oracle_flawed_ratio=g["oracle_flagged"] / max(g["correct"], 1), judge_agreement=g["agree"] / max(g["correct"], 1))
+    else:
+        m.update(outcome=g["outcome"] / g["n"], process=g["process"] / g["n"], verdict_acc=g["verdict_right"] / g["n"],
+                 parse_fail=g["parse_fail"] / g["n"], loc_err=g["loc_err"] / max(g["both_flawed"], 1))
+    return m
+
+
+# ---- evaluation ----
+
+def pass_at_k(n, c, k):
+    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
+
+
+def evaluate_policy(model, rows, ids, cfg, d: Dist, judge, ready, tag):
+    """avg@n accuracy, flawed ratio (judged by `judge`), unbiased pass@k, mean response length."""
+    mine = list(range(d.rank, len(rows), d.world))
+    n = cfg.eval_samples
+    comps = sample(model, [ids[i] for i in mine], n, cfg.eval_temperature, cfg, seed=cfg.seed + 7919 * d.rank, d=d) if mine else []
+    texts = [cfg.tokenizer.decode(c.tokens, skip_special_tokens=True) for c in comps]
+    rr = [rows[i] for i in mine for _ in range(n)]
+    with ready():
+        s = fapo.score_rollouts(texts, [r.ground_truth for r in rr], [data.problem_text(r) for r in rr], genrm=judge)
+    passk = sum(pass_at_k(n, sum(s.correct[j * n:(j + 1) * n]), cfg.pass_k) for j in range(len(mine)))
+    tot = d.sum([len(texts), s.counts["correct"], s.counts["flagged"], passk, len(mine), sum(len(c.tokens) for c in comps)])
+    return {"eval": tag, f"eval_acc@{n}": tot[1] / tot[0], "eval_flawed_ratio": tot[2] / max(tot[1], 1),
+            f"eval_pass@{cfg.pass_k}": tot[3] / tot[4], "eval_response_length": tot[5] / tot[0]}
+
+
+def evaluate_critic(model, rows, ids, cfg, d: Dist, tag):
+    """Greedy verdicts on held-out critique rows -> genrm.critic_metrics (ProcessBench, FlawedPositiveBench)."""
+    mine = list(range(d.rank, len(rows), d.world))
+    comps = sample(model, [ids[i] for i in mine], 1, 0.0, cfg, seed=0, d=d) if mine else []
+    preds = [(i, genrm.parse_index(cfg.tokenizer.decode(c.tokens, skip_special_tokens=True),
+                                   rows[i].extra_info["total_steps"])) for i, c in zip(mine, comps)]
+    every = [None] * d.world
+    dist.all_gather_object(every, preds)
+    preds = dict(p for part in every for p in part)
+    m = genrm.critic_metrics([preds[i] for i in range(len(rows))], [r.ground_truth for r in rows])
+    return {"eval": tag, **{f"eval_{k}": v for k, v in m.items()}}
+
+
+# ---- logging ----
+
+class Logger:
+    """metrics.jsonl (one object per step or eval) and a tqdm bar, on rank 0 only."""
+
+    def __init__(self, out_dir, d: Dist, total, initial, desc, quiet):
+        self.main, self.path = d.main, os.path.join(out_dir, "metrics.jsonl")
+        os.makedirs(out_dir, exist_ok=True)
+        self.bar = None
+        if d.main and not quiet:
+            from tqdm import tqdm
+            self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stdout)
+
+    def log(self, m, show=("reward", "acc", "flawed_ratio", "loss", "verdict_acc")):
+        if not self.main:
+            return
+        with open(self.path, "a") as f:
+            f.write(json.dumps(m) + "\n")
+        if "eval" in m:
+            print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()), flush=True)
+        elif self.bar is not None:
+            self.bar.set_postfix({k: f"{m[k]:.3f}" for k in show if k in m})
+            self.bar.update(1)
+
+    def close(self):
+        if self.bar is not None:
+            self.bar.close()
+
+
+# ---- phases: SFT cold start, then RL ----
+
+def sft_pairs(cfg, step, d: Dist):
+    """This rank's (prompt ids, response ids + EOS) for an SFT step (toy traces are made on the fly)."""
+    per_rank = cfg.sft_batch // d.world
+    rng = random.Random(derive_seed(cfg.seed, "sft", step, d.rank))
+    tok, eos = cfg.tokenizer, cfg.tokenizer.eos_token_id
+    pairs = []
+    for _ in range(per_rank):
+        if cfg.critic:  # toy GenRM cold start: checker-written critiques
+            (row, prob, steps), = genrm.make_toy_critic_rows(1, seed=rng.randrange(2**62))
+            prompt, response = row.prompt, genrm.toy_critique(prob, steps)
+        elif cfg.sft_rows is not None:  # user data: the target is extra_info.response
+            row = cfg.sft_rows[rng.randrange(len(cfg.sft_rows))]
+            prompt, response = row.prompt, row.extra_info["response"]
+        else:
+            prob = data.make_toy_problem(rng)
+            prompt = data.toy_row(prob).prompt
+            response = data.toy_solution(prob, rng, flawed=rng.random() < cfg.sft_flawed_share)
+        pairs.append((data.encode_prompt(tok, prompt), tok(response, add_special_tokens=False)["input_ids"] + [eos]))
+    return pairs
+
+
+def run_sft(model, cfg, d: Dist, out_dir, evaluate):
+    optimizer, scheduler = make_optimizer(model, cfg.sft_lr, cfg.sft_warmup, cfg)
+    start = resume_into(model, optimizer, scheduler, out_dir, cfg, d)
+    log = Logger(out_dir, d, cfg.sft_steps, start, "sft", cfg.no_progress)
+    for step in range(start, cfg.sft_steps):
+        t0 = time.time()
+        m = sft_update(model, optimizer, sft_pairs(cfg, step, d), cfg, d)
+        scheduler.step()
+        log.log({"step": step + 1, **m, "lr": scheduler.get_last_lr()[0], "t_train": time.time() - t0})
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.sft_steps:
+            save_checkpoint(model, optimizer, scheduler, cfg.tokenizer, {"step": step + 1}, out_dir, d)
+    log.close()
+    result = evaluate("after_sft")
+    log.log(result)
+    return result
+
+
+def run_rl(model, cfg, d: Dist, out_dir, rows, ids, scorer, judge, ready, evaluate, first=None):
+    optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.warmup, cfg)
+    ref_model = None
+    if cfg.kl_coef > 0:  # the reference is the starting policy, frozen (not built when the coefficient is 0)
+        ref_model = shard(load_model(cfg.model, cfg.tokenizer, cfg.seed), d, cfg.compute_dtype).eval()
+        with torch.no_grad():  # same config, same sharding: copy the local shards of the current policy
+            for r, q in zip(ref_model.parameters(), model.parameters()):
+                r.copy_(q)
+        ref_model.requires_grad_(False)
+    start = resume_into(model, optimizer, scheduler, out_dir, cfg, d)
+    log = Logger(out_dir, d, cfg.steps, start, "rl", cfg.no_progress)
+    if first is None or start > 0:
+        first = evaluate("start" if start == 0 else f"resume@{start}")
+        log.log(first)
+    last = first
+    for step in range(start, cfg.steps):
+        log.log(rl_step(model, step, rows, ids, cfg, d, judge, ready, scorer, optimizer, scheduler, ref_model))
+        done = step + 1 == cfg.steps
+        if done or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
+            last = evaluate(f"step{step + 1}")
+            last["step"] = step + 1
+            log.log(last)
+        if done or (step + 1) % cfg.save_every == 0:
+            save_checkpoint(model, optimizer, scheduler, cfg.tokenizer, {"step": step + 1}, out_dir, d)
+    log.close()
+    return first, last
+
+
+def resume_into(model, optimizer, scheduler, out_dir, cfg, d: Dist):
+    """Load OUT/ckpt (weights, optimizer, scheduler) into the sharded model; returns the step to start at."""
+    path = resume_path(out_dir) if cfg.resume else None
+    if path is None:
+        return 0
+    from safetensors.torch import load_file
+    from torch.distributed.checkpoint.state_dict import set_model_state_dict
+    full = load_file(os.path.join(path, "model.safetensors"))
+    if "lm_head.weight" not in full and getattr(model.config, "tie_word_embeddings", False):
+        full["lm_head.weight"] = full["model.embed_tokens.weight"]  # save_pretrained keeps one copy of tied weights
+    set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True))
+    state = load_trainer_state(path, model, optimizer, scheduler, d)
+    if d.main:
+        print(f"resumed from {path} at step {state['step']}", flush=True)
+    return state["step"]
+
+
+# ---- main ----
+
+def setup_data(cfg, d: Dist):
+    """(train rows, train ids, test rows, test ids) for the task; over-long prompts dropped and counted."""
+    if cfg.critic:
+        make = lambda n, s: [r for r, _, _ in genrm.make_toy_critic_rows(n, s)]  # noqa: E731
+        test = make(cfg.eval_prompts or 256, cfg.seed + 1) if cfg.test_data == "toy" else None
+        train = make(4000, cfg.seed) if cfg.data == "toy" else data.load_rows(cfg.data)
+    else:
+        test = data.toy_rows(cfg.eval_prompts or 256, cfg.seed + 1) if cfg.test_data == "toy" else None
+        train = data.toy_rows(20000, cfg.seed, {r.prompt[0]["content"] for r in test or []}) if cfg.data == "toy" else data.load_rows(cfg.data)
+    if test is None and cfg.test_data != "none":
+        test = data.load_rows(cfg.test_data)[: cfg.eval_prompts or None]
+    if cfg.critic:
+        for i, r in enumerate(train + (test or []), 1):
+            if not isinstance(r.ground_truth, int) or "total_steps" not in r.extra_info:
+                raise ValueError(f"{cfg.data}: row {i}: field 'extra_info.total_steps': critic rows need an int "
+                                 "ground truth (first wrong step) and total_steps")
+    train, train_ids, dropped = data.encode_rows(cfg.tokenizer, train, cfg.max_prompt_len)
+    test, test_ids, dropped_test = data.encode_rows(cfg.tokenizer, test or [], cfg.max_prompt_len)
+    if d.main and (dropped or dropped_test):
+        print(f"dropped over-long prompts (> {cfg.max_prompt_len} tokens): train {dropped}, test {dropped_test}")
+    if not train:
+        raise ValueError(f"{cfg.data}: no prompt fits --max-prompt-len {cfg.max_prompt_len}")
+    return train, train_ids, test, test_ids
+
+
+def main(argv=None):
+    cfg = parse_config(argv)
+    d = Dist()
+    for name, total in (("prompts-per-step", cfg.prompts_per_step), ("sft-batch", cfg.sft_batch)):
+        if total % d.world:
+            raise SystemExit(f"--{name} {total} must be divisible by the world size {d.world}")
+    cuda_bf16 = cfg.dtype == "auto" and d.device.type == "cuda"
+    cfg.compute_dtype = torch.bfloat16 if cfg.dtype == "bfloat16" or cuda_bf16 else torch.float32
+    os.makedirs(cfg.out, exist_ok=True)
+    if d.main:
+        with open(os.path.join(cfg.out, "config.json"), "w") as f:
+            json.dump({**vars(cfg), "world_size": d.world, "device": str(d.device)}, f, indent=1, default=str)
+        print("config: " + json.dumps(vars(cfg), default=str), flush=True)
+    cfg.tokenizer = load_tokenizer(cfg.model)
+    model = load_model(cfg.model, cfg.tokenizer, cfg.seed)
+    if cfg.grad_checkpointing:
+        model.gradient_checkpointing_enable()
+    model = shard(model, d, cfg.compute_dtype)
+    cfg.pad_id, cfg.eos_ids = pad_id(cfg.tokenizer), eos_ids(cfg.tokenizer, model)
+    cfg.sft_rows = data.load_rows(cfg.data) if cfg.task == "sft" and cfg.data != "toy" else None
+    rows, ids, test, test_ids = setup_data(cfg, d)
+
+    if cfg.critic:
+        judge, ready, scorer = None, contextlib.nullcontext, score_critic
+        evaluate = lambda tag: evaluate_critic(model, test, test_ids, cfg, d, tag) if test else {"eval": tag}  # noqa: E731
+    else:
+        judge, ready = make_judge(cfg, d, cfg.genrm)
+        scorer = score_policy
+        # eval measures the flawed ratio with the oracle on toy data (the truth), else with the training GenRM
+        ej, eready = make_judge(cfg, d, "oracle") if cfg.test_data == "toy" else (judge, ready)
+        evaluate = lambda tag: evaluate_policy(model, test, test_ids, cfg, d, ej, eready, tag) if test else {"eval": tag}  # noqa: E731
+
+    t0 = time.time()
+    if cfg.task == "sft":
+        before, after = None, run_sft(model, cfg, d, cfg.out, evaluate)
+    elif cfg.model != "toy":
+        before, after = run_rl(model, cfg, d, cfg.out, rows, ids, scorer, judge, ready, evaluate)
+    else:  # the built-in demo: a random toy model needs a cold start before RL can find any reward
+        what = "checker-written critiques" if cfg.critic else f"toy traces ({cfg.sft_flawed_share:.0%} flawed)"
+        say(d, f"[1/2] SFT cold start: {cfg.sft_steps} steps x {cfg.sft_batch} {what}")
+        before = run_sft(model, cfg, d, os.path.join(cfg.out, "sft"), evaluate)
+        say(d, f"[2/2] GRPO ({'stepwise GenRM reward' if cfg.critic else f'FAPO, lambda {cfg.fapo_lambda}, GenRM {cfg.genrm}'}): "
+               f"{cfg.steps} steps x {cfg.prompts_per_step} prompts x {cfg.rollouts} rollouts")
+        _, after = run_rl(model, cfg, d, os.path.join(cfg.out, "rl"), rows, ids, scorer, judge, ready, evaluate,
+                          first=before)
+    if d.main:
+        print_table(before, after, time.time() - t0)
+    dist.destroy_process_group()
+
+
+def say(d, msg):
+    if d.main:
+        print(msg, flush=True)
+
+
+def print_table(before, after, seconds):
+    keys = [k for k in (after or {}) if k.startswith("eval_") and not k.split("/")[0].startswith("eval_n")]
+    print(f"\n{'metric':<28}{'before':>10}{'after':>10}")
+    for k in keys:
+        b = before.get(k) if before else None
+        print(f"{k[5:]:<28}{'' if b is None else f'{b:.3f}':>10}{after[k]:>10.3f}")
+    print(f"({seconds:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()
