@@ -35,6 +35,10 @@ _TASK = ("Your task is to review and critique the solution paragraph by paragrap
          "Please reason step by step, put your final answer (i.e., the index) in \\boxed{}.")
 
 
+# the prompt's fixed sentences (the toy tokenizer makes each one token)
+PROMPT_PHRASES = (_HEAD, _TASK, "[Math Problem]", "[Ground Truth]", "[AI Solution]")
+
+
 def genrm_prompt(problem: str, ground_truth, steps: list[str]) -> str:
     """The user message of FAPO-Critic (identical to the 100 shared training rows).
 
@@ -174,17 +178,23 @@ def majority_vote(indices: list) -> int | None:
 
 
 def toy_critique(p: ToyProblem, steps: list[str]) -> str:
-    """A checker-written critique: each paragraph copied, then redone from the problem, then compared.
+    """A checker-written critique: every number of a paragraph set against the true one, then a verdict.
 
-    One line per checked paragraph ("k: 8+6=15 | 8+6=14 wrong"), stopping at the first wrong one. Copy
-    first, recompute second: a small model can then compare two strings side by side, which it learns
-    far more easily than spotting a mismatch across the whole prompt.
+    One line per checked paragraph, stopping at the first wrong one: `1: 14 14 = 4 4 = 11 10 ! wrong`
+    reads "first operand written 14, true 14, same; operand 4 vs 4, same; result 11 vs 10, differs".
+    Each comparison is of two adjacent numbers, which a small model learns quickly; spotting a mismatch
+    between a whole paragraph and a whole recomputed line it does not.
     """
     first = toy_first_error(p, steps)
     lines, prev = [], p.first
     for k, ((op, b), v) in enumerate(zip(p.ops, p.running_values())):
-        shown = steps[k] if k < len(steps) else ""
-        lines.append(f"{k}: {shown} | {prev}{op}{b}={v} {'wrong' if k == first else 'ok'}")
+        m = re.fullmatch(r"([0-9]+)([+-])([0-9]+)=([0-9]+)", steps[k].strip()) if k < len(steps) else None
+        if m is None or m.group(2) != op:
+            fields = "?"
+        else:
+            pairs = zip((int(m.group(1)), int(m.group(3)), int(m.group(4))), (prev, b, v))
+            fields = " ".join(f"{w} {t} {'=' if w == t else '!'}" for w, t in pairs)
+        lines.append(f"{k}: {fields} {'wrong' if k == first else 'ok'}")
         prev = v
         if k == first:
             break
