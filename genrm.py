@@ -21,8 +21,8 @@ import re
 
 import torch
 
-from data import (Row, ToyProblem, encode_prompt, last_boxed, load_rows, make_toy_problem, random_toy_flaw,
-                  toy_first_error, toy_solution_steps)
+from data import (Row, ToyProblem, encode_prompt, last_boxed, load_rows, make_toy_problem, parse_toy_problem,
+                  random_toy_flaw, toy_first_error, toy_solution_steps)
 from sampler import generate
 
 # ---- prompt ----
@@ -256,7 +256,22 @@ class ModelJudge:
         return self.judge_prompts(prompts, [len(s) for s in step_lists])
 
 
-def evaluate_rows(judge: ModelJudge, rows: list[Row]) -> dict:
+class OracleJudge:
+    """The toy step checker behind ModelJudge's interface (toy prompts only; anything else is None)."""
+    votes, response_tokens = 1, 0
+
+    def judge_prompts(self, prompts, n_steps):
+        out = []
+        for p in prompts:
+            try:
+                problem, _, steps = parse_genrm_prompt(p if isinstance(p, str) else p[-1]["content"])
+                out.append(toy_first_error(parse_toy_problem(problem), steps))
+            except ValueError:
+                out.append(None)
+        return out
+
+
+def evaluate_rows(judge, rows: list[Row]) -> dict:
     """critic_metrics of a judge over critique rows (FAPO-Critic / ProcessBench format): label =
     reward_model.ground_truth, n = extra_info.total_steps, subset = data_source, FlawedPositiveBench
     restricted to rows with extra_info.final_answer_correct when that field is present."""
@@ -274,7 +289,7 @@ def main(argv=None):
     import json
     from transformers import AutoModelForCausalLM, AutoTokenizer
     ap = argparse.ArgumentParser(description="Evaluate a GenRM on critique rows (ProcessBench / FlawedPositiveBench).")
-    ap.add_argument("--model", required=True, help="GenRM model dir (transformers format)")
+    ap.add_argument("--model", required=True, help="GenRM model dir (transformers format), or 'oracle' (toy rows)")
     ap.add_argument("--data", required=True, help="critique rows (.jsonl/.json/.parquet), or 'toy' for 512 toy rows")
     ap.add_argument("--votes", type=int, default=1, help="k samples per row, majority vote")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (paper's GenRM val: 0.6, top-p 0.95)")
@@ -283,13 +298,16 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    tok = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-    model.to(device).eval()
     rows = [r for r, _, _ in make_toy_critic_rows(512, seed=12345)] if args.data == "toy" else load_rows(args.data)
     rows = rows[: args.limit or None]
-    judge = ModelJudge(model, tok, args.max_new_tokens, args.temperature, args.top_p, args.votes, args.seed, device)
+    if args.model == "oracle":  # the toy task's exact checker, through the same metrics
+        judge = OracleJudge()
+    else:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        tok = AutoTokenizer.from_pretrained(args.model)
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
+        judge = ModelJudge(model.to(device).eval(), tok, args.max_new_tokens, args.temperature, args.top_p, args.votes,
+                           args.seed, device)
     m = evaluate_rows(judge, rows)
     for k, v in m.items():
         print(f"{k:<28}{v:.4f}" if isinstance(v, float) else f"{k:<28}{v}")
