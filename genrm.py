@@ -98,6 +98,19 @@ def genrm_reward(pred: int | None, target: int, n_steps: int) -> float:
     return outcome + process
 
 
+def check_critic_rows(rows: list[Row], path: str) -> None:
+    """Critic rows need an int label in -1..n-1 (a strict-integer string is converted) and n = total_steps."""
+    for i, r in enumerate(rows, 1):
+        if isinstance(r.ground_truth, str) and _INT.fullmatch(r.ground_truth.strip()):
+            r.ground_truth = int(r.ground_truth.strip())
+        n = r.extra_info.get("total_steps")
+        if not isinstance(n, int):
+            raise ValueError(f"{path}: row {i}: field 'extra_info.total_steps': missing (a critic row needs it)")
+        if not isinstance(r.ground_truth, int) or not -1 <= r.ground_truth < n:
+            raise ValueError(f"{path}: row {i}: field 'reward_model.ground_truth': expected the first wrong step "
+                             f"in -1..{n - 1}, got {r.ground_truth!r}")
+
+
 def critic_rewards(rows: list[Row], texts: list[str]) -> tuple[list, dict]:
     """GenRM rollouts scored against their rows (label = ground_truth, n = extra_info.total_steps):
     the rewards, and sums for logging (outcome, process, verdicts right, parse failures, |t - t*|)."""

@@ -318,10 +318,11 @@ def policy_update(model, optimizer, samples, cfg, d: Dist, ref_model=None):
                     s["old_logp"] = row[: int(m.sum())].cpu()
     grad_norms = []
     for mini in chunks(samples, math.ceil(len(samples) / cfg.mini_batches)):
-        masks = [torch.full((1, len(s["response"])), float(s["weight"])) for s in mini]
-        normalizer = d.sum([sum(grpo.global_normalizer(m, cfg.loss_agg) for m in masks)])[0]
-        if cfg.loss_agg == "seq-mean-token-sum-norm":
-            normalizer = cfg.max_response_len  # Dr. GRPO's constant, identical on every rank
+        if cfg.loss_agg == "seq-mean-token-sum-norm":  # Dr. GRPO: mean over sequences of (token sum / L_max)
+            normalizer = d.sum([sum(s["weight"] > 0 for s in mini)])[0] * cfg.max_response_len
+        else:  # the whole mini-batch's token (or sequence) count, over all ranks
+            masks = [torch.full((1, len(s["response"])), float(s["weight"])) for s in mini]
+            normalizer = d.sum([sum(grpo.global_normalizer(m, cfg.loss_agg) for m in masks)])[0]
         for mb in chunks(mini, cfg.micro_batch):
             batch, R = collate([s["prompt"] for s in mb], [s["response"] for s in mb], pad, d.device)
             mask = batch["mask"] * torch.tensor([s["weight"] for s in mb], device=d.device)[:, None]
@@ -646,10 +647,8 @@ def setup_data(cfg, d: Dist):
     if test is None and cfg.test_data != "none":
         test = data.load_rows(cfg.test_data)[: cfg.eval_prompts or None]
     if cfg.critic:
-        for i, r in enumerate(train + (test or []), 1):
-            if not isinstance(r.ground_truth, int) or "total_steps" not in r.extra_info:
-                raise ValueError(f"{cfg.data}: row {i}: field 'extra_info.total_steps': critic rows need an int "
-                                 "ground truth (first wrong step) and total_steps")
+        genrm.check_critic_rows(train, cfg.data)
+        genrm.check_critic_rows(test or [], cfg.test_data)
     train, train_ids, dropped = data.encode_rows(cfg.tokenizer, train, cfg.max_prompt_len)
     test, test_ids, dropped_test = data.encode_rows(cfg.tokenizer, test or [], cfg.max_prompt_len)
     if d.main and (dropped or dropped_test):

@@ -14,6 +14,7 @@ Writes OUT/compare.md (the table) and OUT/compare.png (needs matplotlib; skipped
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -47,6 +48,12 @@ def run(cmd, log):
         raise SystemExit(f"failed: train.py {' '.join(cmd)} (see {log})")
 
 
+def finished(out_dir, steps):
+    """An arm is done when its last evaluation (at the final step) is logged; otherwise it is rerun."""
+    path = os.path.join(out_dir, "metrics.jsonl")
+    return os.path.exists(path) and any(m.get("step") == steps and "eval" in m for m in map(json.loads, open(path)))
+
+
 def evals(out_dir):
     return [m for m in map(json.loads, open(os.path.join(out_dir, "metrics.jsonl"))) if "eval" in m]
 
@@ -56,7 +63,7 @@ os.makedirs(args.out, exist_ok=True)
 t0 = time.time()
 sft_dir = os.path.join(args.out, "sft")
 common = ["--steps", str(args.steps), "--eval-every", str(args.eval_every), "--eval-prompts", str(args.eval_prompts)]
-if not os.path.exists(os.path.join(sft_dir, "sft", "ckpt")):
+if not os.path.exists(os.path.join(sft_dir, "sft", "ckpt", "trainer_state.pt")):
     print(f"SFT cold start ({args.sft_steps} steps) ...", flush=True)
     run(["--sft-steps", str(args.sft_steps), "--steps", "0", "--out", sft_dir], os.path.join(args.out, "sft.log"))
 ckpt = os.path.join(sft_dir, "sft", "ckpt")
@@ -67,7 +74,8 @@ jobs = []
 for name, lam, judge in arms:
     for seed in args.seeds:
         out = os.path.join(args.out, name.replace(" ", "_").replace("=", ""), f"seed{seed}")
-        if not os.path.exists(os.path.join(out, "ckpt")):
+        if not finished(out, args.steps):
+            shutil.rmtree(out, ignore_errors=True)  # a killed arm restarts clean (metrics.jsonl appends)
             jobs.append((["--task", "rl", "--model", ckpt, "--fapo-lambda", str(lam), "--genrm", judge,
                           "--seed", str(seed), "--out", out] + common, out + ".log"))
 print(f"{len(jobs)} RL runs, {args.jobs} at a time ...", flush=True)

@@ -140,3 +140,25 @@ def test_model_judge_on_critic_rows(tmp_path):
     m = genrm.evaluate_rows(judge, rows)
     assert m["avg_response_tokens"] > 0 and 0.0 <= m["unparseable"] <= 1.0 and "toy_critic/pb_f1" in m
     genrm.main(["--model", str(tmp_path), "--data", "toy", "--limit", "4", "--max-new-tokens", "4"])
+
+
+def test_check_critic_rows():
+    from data import Row
+    rows = [Row("p", "2", {"total_steps": 3}), Row("p", -1, {"total_steps": 1})]
+    genrm.check_critic_rows(rows, "f.jsonl")
+    assert rows[0].ground_truth == 2
+    with pytest.raises(ValueError, match=r"f.jsonl: row 1: field 'extra_info.total_steps'"):
+        genrm.check_critic_rows([Row("p", 1, {})], "f.jsonl")
+    with pytest.raises(ValueError, match=r"row 2: field 'reward_model.ground_truth'"):
+        genrm.check_critic_rows([Row("p", 0, {"total_steps": 2}), Row("p", 2, {"total_steps": 2})], "f.jsonl")
+    with pytest.raises(ValueError, match="ground_truth"):
+        genrm.check_critic_rows([Row("p", "x", {"total_steps": 2})], "f.jsonl")
+
+
+def test_shared_sample_passes_critic_checks():
+    if not os.path.exists(SAMPLE):
+        pytest.skip("../shared/data not present")
+    from data import load_rows
+    rows = load_rows(SAMPLE)
+    genrm.check_critic_rows(rows, SAMPLE)
+    assert sum(r.ground_truth == -1 for r in rows) == 50

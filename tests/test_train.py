@@ -49,12 +49,13 @@ def sgd_update(samples, world_rank=(1, 0), **kw):
     return train.full_state_dict(model), stats, d
 
 
-def test_micro_batch_count_does_not_change_the_update():
+@pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
+def test_micro_batch_count_does_not_change_the_update(agg):
     tok = data.make_toy_tokenizer()
     samples = fixed_samples(tok)
-    sd1, st1, _ = sgd_update(samples, micro_batch=1)
-    sd8, st8, _ = sgd_update(samples, micro_batch=8)
-    sd3, _, _ = sgd_update(samples, micro_batch=3)
+    sd1, st1, _ = sgd_update(samples, micro_batch=1, loss_agg=agg)
+    sd8, st8, _ = sgd_update(samples, micro_batch=8, loss_agg=agg)
+    sd3, _, _ = sgd_update(samples, micro_batch=3, loss_agg=agg)
     init = train.build_toy_model(tok, seed=3).state_dict()
     moved = max((sd8[k] - init[k]).abs().max().item() for k in sd8)
     assert moved > 1e-3  # the update is not vacuous
