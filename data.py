@@ -7,12 +7,14 @@ Everything the rest of the project knows about data lives here, with no model in
     normalize_answer(s)             DAPO's normalize_final_answer, verbatim semantics
     verify(response, ground_truth)  the paper's rule verifier: +1 iff the normalised answers match
     split_steps(text)               a solution as a list of paragraphs (the GenRM's "steps")
+    encode_prompt / encode_rows     prompt token ids through the chat template; over-long rows dropped
 
 and the toy task that lets `torchrun train.py` run a real FAPO experiment on a CPU:
 
     ToyProblem, make_toy_problem    "8+6-4+9": 2-3 single-digit operations, running value >= 0
     toy_solution(problem, flaw)     one step per operation, then \\boxed{answer}; optionally flawed
     toy_first_error(problem, steps) the exact step checker: first wrong step, or -1 (the oracle GenRM)
+    toy_rows(n, seed)               distinct toy problems as verl-style rows
     make_toy_tokenizer()            a small word-level tokenizer with a chat template, built locally
 
 Use: `rows = load_rows("train.parquet"); ok, pred = verify(response_text, rows[0].ground_truth)`.

@@ -14,7 +14,14 @@ i.e. outcome +1/-1 plus process -|t - t*|/n when both say flawed.
     parse_index(text, n_steps)                  strict: -1 or 0..n-1 from the last \\boxed{}, else None
     genrm_reward(pred, target, n_steps)         the reward above
     critic_metrics(preds, labels, ...)          ProcessBench and FlawedPositiveBench numbers
+    critic_rewards / check_critic_rows          a batch of GenRM rollouts scored; critic rows validated
     make_toy_critic_rows / toy_critique         the toy task's critique data (see data.py)
+    ModelJudge                                  a transformers GenRM as FAPO's judge (through sampler.py)
+
+Evaluate a GenRM on critique rows (FAPO-Critic / ProcessBench row format, or 512 toy rows):
+
+    python genrm.py --model DIR --data rows.jsonl [--votes 4 --temperature 0.6 --top-p 0.95]
+    python genrm.py --model oracle --data toy      # the toy checker: every metric 1.0
 """
 import random
 import re

@@ -380,12 +380,15 @@ def sft_update(model, optimizer, pairs, cfg, d: Dist):
 def sample(model, prompt_ids, n, temperature, cfg, seed, d: Dist):
     """n completions per prompt from the gathered (unsharded) model, with a generator of its own."""
     gen = torch.Generator(device=d.device).manual_seed(seed)
+    training = model.training
+    model.eval()  # HF turns the KV cache off under gradient checkpointing in train mode
     with gathered(model):  # every rank gathers, even one with nothing to sample (it is a collective)
-        if not prompt_ids:
-            return []
-        return sampler.generate(model, prompt_ids, cfg.max_response_len, temperature=temperature, top_p=cfg.top_p,
-                                top_k=cfg.top_k, eos_token_id=cfg.eos_ids, pad_token_id=cfg.pad_id, n=n,
-                                generator=gen, max_tokens_in_flight=cfg.max_tokens_in_flight)
+        out = [] if not prompt_ids else sampler.generate(
+            model, prompt_ids, cfg.max_response_len, temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+            eos_token_id=cfg.eos_ids, pad_token_id=cfg.pad_id, n=n, generator=gen,
+            max_tokens_in_flight=cfg.max_tokens_in_flight)
+    model.train(training)
+    return out
 
 
 def make_judge(cfg, d: Dist, which):
@@ -417,10 +420,6 @@ def score_policy(rows, texts, lengths, cfg, judge):
         sums["oracle_flagged"] = sum(t != -1 for t in truth)
         sums["agree"] = sum((t != -1) == bool(s.flagged[i]) for i, t in zip(ok, truth))
     return s.rewards, sums
-
-
-def score_critic(rows, texts, lengths, cfg, judge):
-    return genrm.critic_rewards(rows, texts)
 
 
 @functools.lru_cache(maxsize=2)
@@ -673,8 +672,8 @@ def main(argv=None):
         print("config: " + json.dumps(vars(cfg), default=str), flush=True)
     cfg.tokenizer = load_tokenizer(cfg.model)
     model = load_model(cfg.model, cfg.tokenizer, cfg.seed)
-    if cfg.grad_checkpointing:
-        model.gradient_checkpointing_enable()
+    if cfg.grad_checkpointing:  # transformers 5.24 renamed it; 5.17 has only the old name
+        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
     model = shard(model, d, cfg.compute_dtype)
     tok = cfg.tokenizer  # pad may equal EOS: masks never look at it; every EOS id of the model stops a rollout
     cfg.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -687,7 +686,8 @@ def main(argv=None):
     rows, ids, test, test_ids = setup_data(cfg, d)
 
     if cfg.critic:
-        judge, ready, scorer = None, contextlib.nullcontext, score_critic
+        judge, ready = None, contextlib.nullcontext
+        scorer = lambda rows, texts, lengths, cfg, judge: genrm.critic_rewards(rows, texts)  # noqa: E731
         evaluate = lambda tag: evaluate_critic(model, test, test_ids, cfg, d, tag) if test else {"eval": tag}  # noqa: E731
     else:
         judge, ready = make_judge(cfg, d, cfg.genrm)

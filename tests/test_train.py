@@ -191,3 +191,10 @@ def test_sft_rows_need_a_response(tmp_path):
     with pytest.raises(ValueError, match=r"row 1: field 'extra_info.response'"):
         train.main(["--task", "sft", "--data", str(f), "--out", str(tmp_path / "o"), "--no-progress"])
     torch.distributed.destroy_process_group()
+
+
+def test_gradient_checkpointing_keeps_the_sampler_cache(tmp_path):
+    out = str(tmp_path / "gc")
+    train.main(TINY + ["--out", out, "--grad-checkpointing", "--steps", "1", "--eval-every", "0"])
+    rl = [m for m in read_jsonl(os.path.join(out, "rl", "metrics.jsonl")) if "eval" not in m]
+    assert len(rl) == 1 and rl[0]["grad_norm"] >= 0.0
