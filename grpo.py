@@ -17,6 +17,11 @@ arXiv 2510.22543, trained with):
   KL           k1 = logp - ref,  k2 = (logp - ref)^2 / 2,
                k3 = exp(ref - logp) - (ref - logp) - 1              (Schulman's low-var)
 
+and the update itself (batches laid out as [left-padded prompt | right-padded response], so the
+logits that predict response tokens are the last R + 1 positions): policy_update runs one step of
+mini-batch / micro-batch GRPO updates with the exact global normaliser; sft_update the cross-entropy
+cold start.
+
 Usage:
   adv = group_advantages(rewards, uids)                      # (N,)
   norm = global_normalizer([mb.mask for mb in micro_batches])  # whole mini-batch
@@ -25,6 +30,7 @@ Usage:
       loss, stats = policy_loss(logp, mb.old_logp, mb.adv, mb.mask, normalizer=norm)
       loss.backward()                  # gradients sum to the full-batch token-mean
 """
+import math
 from collections import defaultdict
 
 import torch
@@ -239,3 +245,112 @@ def token_entropy(logits, temperature=1.0, chunk_size=DEFAULT_CHUNK_ROWS):
         p /= p.sum(-1, keepdim=True)
         out[s:e] = lse.squeeze(-1) - (p * x).sum(-1)
     return out.view(logits.shape[:-1])
+
+
+# ---- batches: [left-padded prompt | right-padded response] ----
+
+def collate(prompts, responses, pad, device):
+    """Every response starts at the same column P, so logits_to_keep = R + 1 gives exactly the
+    positions that predict response tokens. Masks come from lengths, never from the pad id."""
+    P = max(len(x) for x in prompts)
+    R = max(max(len(y) for y in responses), 1)
+    B = len(prompts)
+    ids = torch.full((B, P + R), pad, dtype=torch.long)
+    attn = torch.zeros((B, P + R), dtype=torch.long)
+    for i, (x, y) in enumerate(zip(prompts, responses)):
+        ids[i, P - len(x):P + len(y)] = torch.tensor(x + y, dtype=torch.long)
+        attn[i, P - len(x):P + len(y)] = 1
+    pos = (attn.cumsum(-1) - 1).clamp(min=0)                     # (B, P+R)
+    resp_mask = attn[:, P:].float()                               # (B, R)
+    targets = torch.cat([ids[:, P:], torch.zeros(B, 1, dtype=torch.long)], 1)  # (B, R+1): last is a dummy
+    return {k: v.to(device) for k, v in dict(ids=ids, attn=attn, pos=pos, mask=resp_mask, targets=targets).items()}, R
+
+
+def response_logprobs(model, batch, R, temperature, want_entropy=False):
+    """(B, R) log-probs of the response tokens at `temperature` (as sampled), and optionally entropy."""
+    logits = model(input_ids=batch["ids"], attention_mask=batch["attn"], position_ids=batch["pos"],
+                   logits_to_keep=R + 1).logits                   # (B, R+1, V)
+    # targets carry one dummy column so no slice of the logits is copied; its output is dropped
+    logp = token_logprobs(logits, batch["targets"], temperature)[:, :R]  # (B, R)
+    ent = token_entropy(logits, temperature)[:, :R] if want_entropy else None
+    return logp, ent
+
+
+def chunks(seq, size):
+    return [seq[i:i + size] for i in range(0, len(seq), size)]
+
+
+# ---- the update: exact global token-mean over micro-batches and ranks ----
+
+def policy_update(model, optimizer, samples, cfg, d, ref_model=None):
+    """One step of GRPO updates on this rank's samples (dicts: prompt and response ids, adv, weight
+    (0 for padding rows)); cfg carries the loss settings (train.py's config); d is anything with
+    .world, .device and .sum(list) -> list, an all-reduce (train.Dist). Every rank passes the same
+    number of samples, so every rank runs the same number of forward/backward passes (FSDP's
+    collectives need that). Returns global stats."""
+    stats = {"loss": 0.0, "clipfrac": 0.0, "clipfrac_lower": 0.0, "ppo_kl": 0.0, "entropy": 0.0, "kl": 0.0, "n_micro": 0}
+    pad = cfg.pad_id
+    if cfg.mini_batches > 1:  # several updates per step: the ratio needs the pre-update policy
+        with torch.no_grad():
+            for mb in chunks(samples, cfg.micro_batch):
+                batch, R = collate([s["prompt"] for s in mb], [s["response"] for s in mb], pad, d.device)
+                old, _ = response_logprobs(model, batch, R, cfg.temperature)
+                for s, row, m in zip(mb, old, batch["mask"]):
+                    s["old_logp"] = row[: int(m.sum())].cpu()
+    grad_norms = []
+    for mini in chunks(samples, math.ceil(len(samples) / cfg.mini_batches)):
+        if cfg.loss_agg == "seq-mean-token-sum-norm":  # Dr. GRPO: mean over sequences of (token sum / L_max)
+            normalizer = d.sum([sum(s["weight"] > 0 for s in mini)])[0] * cfg.max_response_len
+        else:  # the whole mini-batch's token (or sequence) count, over all ranks
+            masks = [torch.full((1, len(s["response"])), float(s["weight"])) for s in mini]
+            normalizer = d.sum([sum(global_normalizer(m, cfg.loss_agg) for m in masks)])[0]
+        for mb in chunks(mini, cfg.micro_batch):
+            batch, R = collate([s["prompt"] for s in mb], [s["response"] for s in mb], pad, d.device)
+            mask = batch["mask"] * torch.tensor([s["weight"] for s in mb], device=d.device)[:, None]
+            logp, ent = response_logprobs(model, batch, R, cfg.temperature, want_entropy=True)
+            old = logp.detach() if cfg.mini_batches == 1 else torch.nn.utils.rnn.pad_sequence(
+                [s["old_logp"] for s in mb], batch_first=True).to(d.device)[:, :R]
+            adv = torch.tensor([s["adv"] for s in mb], dtype=torch.float32, device=d.device)
+            loss, st = policy_loss(logp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.clip_c,
+                                        cfg.loss_agg, normalizer)
+            if ref_model is not None:
+                with torch.no_grad():
+                    ref, _ = response_logprobs(ref_model, batch, R, cfg.temperature)
+                kl = aggregate(kl_penalty(logp, ref, cfg.kl_kind), mask, cfg.loss_agg, normalizer)
+                loss = loss + cfg.kl_coef * kl
+                stats["kl"] += kl.item()
+            # FSDP averages gradients over ranks; the normaliser is already global, so undo the average
+            (loss * d.world).backward()
+            stats["loss"] += loss.item()
+            for k in ("clipfrac", "clipfrac_lower", "ppo_kl"):
+                stats[k] += st[k]
+            stats["entropy"] += masked_mean(ent, mask).item()
+            stats["n_micro"] += 1
+        grad_norms.append(optimizer_step(model, optimizer, cfg.grad_clip))
+    # loss and kl are sums of globally normalised parts: add them over ranks; average the rest
+    n = max(stats.pop("n_micro"), 1)
+    keys = ["clipfrac", "clipfrac_lower", "ppo_kl", "entropy"]
+    tot = d.sum([stats["loss"], stats["kl"]] + [stats[k] / n / d.world for k in keys])
+    return {"loss": tot[0] / cfg.mini_batches, "kl": tot[1] / cfg.mini_batches, **dict(zip(keys, tot[2:])),
+            "grad_norm": sum(grad_norms) / len(grad_norms)}
+
+
+def optimizer_step(model, optimizer, grad_clip):
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return norm.item()
+
+
+def sft_update(model, optimizer, pairs, cfg, d):
+    """Cross-entropy on response tokens, token-mean over the whole global batch."""
+    n_tok = d.sum([float(sum(len(r) for _, r in pairs))])[0]
+    total = 0.0
+    for mb in chunks(pairs, cfg.micro_batch):
+        batch, R = collate([x for x, _ in mb], [y for _, y in mb], cfg.pad_id, d.device)
+        logp, _ = response_logprobs(model, batch, R, 1.0)
+        loss = -(logp * batch["mask"]).sum() / n_tok
+        (loss * d.world).backward()
+        total += loss.item()
+    return {"loss": d.sum([total])[0], "grad_norm": optimizer_step(model, optimizer, cfg.grad_clip)}

@@ -16,6 +16,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import data  # noqa: E402
+import grpo  # noqa: E402
 import train  # noqa: E402
 
 
@@ -45,7 +46,7 @@ def sgd_update(samples, world_rank=(1, 0), **kw):
     model = train.shard(train.build_toy_model(tok, seed=3), d, torch.float32)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     mine = samples[d.rank::d.world]
-    stats = train.policy_update(model, opt, mine, update_cfg(tok, **kw), d)
+    stats = grpo.policy_update(model, opt, mine, update_cfg(tok, **kw), d)
     return train.full_state_dict(model), stats, d
 
 
