@@ -199,3 +199,13 @@ def test_gradient_checkpointing_keeps_the_sampler_cache(tmp_path):
     train.main(TINY + ["--out", out, "--grad-checkpointing", "--steps", "1", "--eval-every", "0"])
     rl = [m for m in read_jsonl(os.path.join(out, "rl", "metrics.jsonl")) if "eval" not in m]
     assert len(rl) == 1 and rl[0]["grad_norm"] >= 0.0
+
+
+def test_kl_reference_and_overlong_penalty_run(tmp_path):
+    out = str(tmp_path / "kl")
+    train.main(TINY + ["--out", out, "--steps", "2", "--eval-every", "0", "--kl-coef", "0.05",
+                       "--overlong-buffer", "8", "--loss-agg", "seq-mean-token-sum-norm"])
+    rl = [m for m in read_jsonl(os.path.join(out, "rl", "metrics.jsonl")) if "eval" not in m]
+    assert len(rl) == 2 and all("kl" in m for m in rl)
+    assert rl[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the reference is the starting policy
+    assert rl[1]["kl"] > 0.0                              # after one update the policy has moved
