@@ -312,7 +312,7 @@ def policy_update(model, optimizer, samples, cfg, d, ref_model=None):
                 [s["old_logp"] for s in mb], batch_first=True).to(d.device)[:, :R]
             adv = torch.tensor([s["adv"] for s in mb], dtype=torch.float32, device=d.device)
             loss, st = policy_loss(logp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.clip_c,
-                                        cfg.loss_agg, normalizer)
+                                   cfg.loss_agg, normalizer)
             if ref_model is not None:
                 with torch.no_grad():
                     ref, _ = response_logprobs(ref_model, batch, R, cfg.temperature)
