@@ -43,7 +43,7 @@ a("--task", default="rl", choices=["rl", "sft", "genrm"],
 a("--model", default="toy", help="HF model dir, or 'toy' for a tiny Qwen3 built from a config")
 a("--data", default="toy", help="train rows (.jsonl/.json/.parquet, verl schema) or 'toy'")
 a("--test-data", default="toy", help="eval rows, or 'toy', or 'none'")
-a("--out", default="out", help="output dir: config.json, metrics.jsonl, checkpoints")
+a("--out", default=None, help="output dir: config.json, metrics.jsonl, checkpoints (default out/TASK)")
 a("--resume", action="store_true", help="continue from OUT/ckpt")
 a("--seed", type=int, default=0, help="seeds model init, data order and every sampling generator")
 # rollouts
@@ -123,6 +123,7 @@ def parse_config(argv=None):
         if getattr(cfg, k, None) is None:
             setattr(cfg, k, v)
     cfg.critic = cfg.task == "genrm"
+    cfg.out = cfg.out or os.path.join("out", cfg.task)
     return cfg
 
 
