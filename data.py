@@ -117,6 +117,15 @@ def load_rows(path) -> list[Row]:
     return rows
 
 
+def load_sft_rows(path) -> list[Row]:
+    """Rows for supervised fine-tuning: the target response is extra_info.response."""
+    rows = load_rows(path)
+    for i, r in enumerate(rows, 1):
+        if not isinstance(r.extra_info.get("response"), str) or not r.extra_info["response"].strip():
+            raise _bad(path, i, "extra_info.response", "missing (the SFT target)")
+    return rows
+
+
 def as_messages(prompt) -> list[dict]:
     """A string prompt becomes one user message; a message list is returned as is."""
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
@@ -353,6 +362,12 @@ def toy_first_error(p: ToyProblem, steps: list[str]) -> int:
     if steps[n].strip() != f"\\boxed{{{p.answer}}}":
         return n
     return n + 1 if len(steps) > n + 1 else -1
+
+
+def toy_sft_example(rng: random.Random, flawed_share: float) -> tuple[list, str]:
+    """(prompt, solution) for the SFT cold start; the solution is flawed with probability flawed_share."""
+    p = make_toy_problem(rng)
+    return toy_row(p).prompt, toy_solution(p, rng, flawed=rng.random() < flawed_share)
 
 
 def toy_row(p: ToyProblem) -> Row:

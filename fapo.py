@@ -13,8 +13,10 @@ self-scheduling. lambda = 0 is the RLVR baseline.
     fapo_reward(correct, flawed, lam)           one rollout
     overlong_penalty(length, max_len, ...)      DAPO's soft length penalty (<= 0)
     score_rollouts(...)                         a batch: verify all, judge the correct ones, count
+    rollout_metrics, pass_at_k                  rates for logging and evaluation
     oracle_genrm(problems, gts, step_lists)     the toy task's exact checker, as a GenRM
 """
+import math
 from dataclasses import dataclass, field
 
 from data import parse_toy_problem, split_steps, toy_first_error, verify
@@ -49,13 +51,14 @@ class Scores:
 
 
 def score_rollouts(responses, ground_truths, problems, genrm=None, lam=1.0,
-                   lengths=None, max_len=None, overlong_buffer=0, overlong_factor=1.0) -> Scores:
+                   lengths=None, max_len=None, overlong_buffer=0, overlong_factor=1.0, oracle=None) -> Scores:
     """Verify every rollout; ask the GenRM only about the correct ones; build the rewards.
 
     responses, ground_truths, problems: one per rollout (text). genrm: None (the baseline: nobody is
     flagged) or a callable (problems, ground_truths, step_lists) -> list of int | None, the index of the
     first wrong step, -1 for clean, None for an unparseable verdict. lengths (tokens) and max_len
-    switch on DAPO's overlong penalty when overlong_buffer > 0.
+    switch on DAPO's overlong penalty when overlong_buffer > 0. oracle: an exact judge with the same
+    interface (the toy checker) to audit the GenRM on the same rollouts: counts oracle_flagged, agree.
     """
     n = len(responses)
     if not (len(ground_truths) == len(problems) == n):
@@ -63,10 +66,11 @@ def score_rollouts(responses, ground_truths, problems, genrm=None, lam=1.0,
     correct = [verify(r, gt)[0] for r, gt in zip(responses, ground_truths)]
     flagged = [None] * n
     judged = [i for i in range(n) if correct[i]] if genrm is not None else []
+    asked = ([problems[i] for i in judged], [ground_truths[i] for i in judged],
+             [split_steps(responses[i]) for i in judged])
     unparseable = 0
     if judged:
-        verdicts = genrm([problems[i] for i in judged], [ground_truths[i] for i in judged],
-                         [split_steps(responses[i]) for i in judged])
+        verdicts = genrm(*asked)
         if len(verdicts) != len(judged):
             raise ValueError(f"GenRM returned {len(verdicts)} verdicts for {len(judged)} rollouts")
         for i, v in zip(judged, verdicts):
@@ -81,7 +85,26 @@ def score_rollouts(responses, ground_truths, problems, genrm=None, lam=1.0,
         rewards = [r + overlong_penalty(L, max_len, overlong_buffer, overlong_factor) for r, L in zip(rewards, lengths)]
     counts = {"n": n, "correct": sum(correct), "judged": len(judged),
               "flagged": sum(f is True for f in flagged), "unparseable": unparseable}
+    if oracle is not None:
+        truth = [t not in (None, -1) for t in oracle(*asked)] if judged else []
+        counts["oracle_flagged"] = sum(truth)
+        counts["agree"] = sum(t == (flagged[i] is True) for i, t in zip(judged, truth))
     return Scores(rewards, correct, flagged, counts)
+
+
+def rollout_metrics(c: dict) -> dict:
+    """Rates from (summed) score_rollouts counts: accuracy, flawed ratio = flagged / correct, ..."""
+    m = {"acc": c["correct"] / max(c["n"], 1), "flawed_ratio": c["flagged"] / max(c["correct"], 1),
+         "unparseable": c["unparseable"] / max(c["judged"], 1)}
+    if "agree" in c:
+        m.update(oracle_flawed_ratio=c["oracle_flagged"] / max(c["correct"], 1),
+                 judge_agreement=c["agree"] / max(c["judged"], 1))
+    return m
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples with c correct (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
+    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
 
 
 # ---- the toy task's oracle GenRM ----

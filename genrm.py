@@ -121,8 +121,8 @@ def check_critic_rows(rows: list[Row], path: str) -> None:
 def critic_rewards(rows: list[Row], texts: list[str]) -> tuple[list, dict]:
     """GenRM rollouts scored against their rows (label = ground_truth, n = extra_info.total_steps):
     the rewards, and sums for logging (outcome, process, verdicts right, parse failures, |t - t*|)."""
-    rewards, sums = [], {"outcome": 0.0, "process": 0.0, "verdict_right": 0, "parse_fail": 0, "loc_err": 0.0,
-                         "both_flawed": 0}
+    rewards, sums = [], {"n": len(rows), "outcome": 0.0, "process": 0.0, "verdict_right": 0, "parse_fail": 0,
+                         "loc_err": 0.0, "both_flawed": 0}
     for r, t in zip(rows, texts):
         n = r.extra_info["total_steps"]
         pred = parse_index(t, n)
@@ -136,6 +136,13 @@ def critic_rewards(rows: list[Row], texts: list[str]) -> tuple[list, dict]:
             sums["both_flawed"] += 1
             sums["loc_err"] += abs(pred - r.ground_truth)
     return rewards, sums
+
+
+def critic_batch_metrics(s: dict) -> dict:
+    """Rates from (summed) critic_rewards sums: reward parts, verdict accuracy, parse failures, mean |t - t*|."""
+    n = max(s["n"], 1)
+    return {"outcome": s["outcome"] / n, "process": s["process"] / n, "verdict_acc": s["verdict_right"] / n,
+            "parse_fail": s["parse_fail"] / n, "loc_err": s["loc_err"] / max(s["both_flawed"], 1)}
 
 
 # ---- metrics (the official evaluation script's definitions) ----
@@ -219,6 +226,12 @@ def toy_critique(p: ToyProblem, steps: list[str]) -> str:
         if k == first:
             break
     return "\n".join(lines) + f"\n\n\\boxed{{{first}}}"
+
+
+def toy_critic_example(rng: random.Random) -> tuple[list, str]:
+    """(prompt, checker-written critique) for the toy GenRM's SFT cold start."""
+    (row, p, steps), = make_toy_critic_rows(1, seed=rng.randrange(2**62))
+    return row.prompt, toy_critique(p, steps)
 
 
 def make_toy_critic_rows(n: int, seed: int, flawed_share=0.5) -> list[tuple[Row, ToyProblem, list[str]]]:

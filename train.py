@@ -145,16 +145,13 @@ class Dist:
                 dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
         self.main = self.rank == 0
 
-    def sum(self, values):
-        """All-reduce sum of a list of floats (one collective)."""
+    def reduce(self, values, op=dist.ReduceOp.SUM):
+        """All-reduce a list of floats (one collective)."""
         t = torch.tensor(values, dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
+        dist.all_reduce(t, op=op)
         return t.tolist()
 
-    def max(self, value):
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
-        return t.item()
+    sum = reduce  # d.sum(values): the common case, and what grpo.policy_update calls
 
 
 # ---- models: build, shard, gather, save ----
@@ -190,23 +187,12 @@ def load_tokenizer(path):
     return data.make_toy_tokenizer(genrm.PROMPT_PHRASES) if path == "toy" else AutoTokenizer.from_pretrained(path)
 
 
-def decoder_layers(model):
-    """The repeated blocks that FSDP2 shards one by one (HF causal LMs keep them at model.model.layers)."""
-    layers = getattr(getattr(model, "model", None), "layers", None)
-    if isinstance(layers, torch.nn.ModuleList):
-        return layers
-    for mod in model.modules():
-        if isinstance(mod, torch.nn.ModuleList) and len(mod) > 0:
-            return mod
-    return []
-
-
 def shard(model, d: Dist, compute_dtype):
     """FSDP2: each decoder layer its own group, then the root (embeddings, norm, head). fp32 master
     weights; on GPU bf16 compute with fp32 gradient reduction."""
     mp = MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32)
     model.to(d.device)
-    for layer in decoder_layers(model):
+    for layer in model.model.layers:  # where transformers' causal LMs keep their decoder blocks
         fully_shard(layer, mp_policy=mp)
     fully_shard(model, mp_policy=mp)
     return model
@@ -233,28 +219,22 @@ def full_state_dict(model):
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
 
-def atomic_dir_write(final, write):
-    """write(tmp_dir), then swap it in: a kill mid-save leaves the previous checkpoint intact."""
-    tmp, old = final + ".tmp", final + ".old"
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.makedirs(tmp)
-    write(tmp)
-    if os.path.exists(final):
-        os.replace(final, old)
-    os.replace(tmp, final)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def save_checkpoint(model, optimizer, scheduler, tokenizer, state, out_dir, d: Dist, name="ckpt"):
-    """HF-format weights + tokenizer (from_pretrained loads them) + trainer state for --resume."""
+def save_checkpoint(model, optimizer, scheduler, tokenizer, state, out_dir, d: Dist):
+    """OUT/ckpt: HF-format weights + tokenizer (from_pretrained loads them) + trainer state for --resume.
+    Written to ckpt.tmp, then swapped in: a kill mid-save leaves the previous checkpoint intact."""
     msd = full_state_dict(model)
     osd = get_optimizer_state_dict(model, optimizer, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
     if d.main:
-        def write(tmp):
-            model.save_pretrained(tmp, state_dict=msd)
-            tokenizer.save_pretrained(tmp)
-            torch.save({"optimizer": osd, "scheduler": scheduler.state_dict(), **state}, os.path.join(tmp, "trainer_state.pt"))
-        atomic_dir_write(os.path.join(out_dir, name), write)
+        final = os.path.join(out_dir, "ckpt")
+        tmp, old = final + ".tmp", final + ".old"
+        shutil.rmtree(tmp, ignore_errors=True)
+        model.save_pretrained(tmp, state_dict=msd)
+        tokenizer.save_pretrained(tmp)
+        torch.save({"optimizer": osd, "scheduler": scheduler.state_dict(), **state}, os.path.join(tmp, "trainer_state.pt"))
+        if os.path.exists(final):
+            os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
     dist.barrier()
 
 
@@ -300,20 +280,17 @@ def make_judge(cfg, d: Dist, which):
     return judge, lambda: gathered(model)
 
 
-def score_policy(rows, texts, lengths, cfg, judge):
-    """FAPO reward for policy rollouts; returns (rewards, sums for logging). On toy data a learned GenRM
-    is also checked against the oracle: how often its flag agrees, and the oracle's flawed count."""
+def score(rows, texts, lengths, cfg, judge):
+    """(rewards, counts to sum over ranks): the critic's stepwise reward with --task genrm, else FAPO's.
+    On toy data a learned GenRM is audited against the exact checker on the same rollouts."""
+    if cfg.critic:
+        return genrm.critic_rewards(rows, texts)
+    audit = cfg.data == "toy" and judge not in (None, fapo.oracle_genrm)
     s = fapo.score_rollouts(texts, [r.ground_truth for r in rows], [data.problem_text(r) for r in rows],
                             genrm=judge, lam=cfg.fapo_lambda, lengths=lengths, max_len=cfg.max_response_len,
-                            overlong_buffer=cfg.overlong_buffer, overlong_factor=cfg.overlong_factor)
-    c = s.counts
-    sums = {"correct": c["correct"], "flagged": c["flagged"], "unparseable": c["unparseable"], "judged": c["judged"]}
-    if cfg.data == "toy" and judge not in (None, fapo.oracle_genrm):
-        ok = [i for i, good in enumerate(s.correct) if good]
-        truth = fapo.oracle_genrm([data.problem_text(rows[i]) for i in ok], None, [data.split_steps(texts[i]) for i in ok])
-        sums["oracle_flagged"] = sum(t != -1 for t in truth)
-        sums["agree"] = sum((t != -1) == bool(s.flagged[i]) for i, t in zip(ok, truth))
-    return s.rewards, sums
+                            overlong_buffer=cfg.overlong_buffer, overlong_factor=cfg.overlong_factor,
+                            oracle=fapo.oracle_genrm if audit else None)
+    return s.rewards, s.counts
 
 
 @functools.lru_cache(maxsize=2)
@@ -329,7 +306,7 @@ def step_batch(rows, step, cfg, d: Dist):
     return [epoch_order(cfg.seed, i // len(rows), len(rows))[i % len(rows)] for i in range(start, start + per_rank)]
 
 
-def rl_step(model, step, rows, ids, cfg, d: Dist, judge, ready, scorer, optimizer, scheduler, ref_model):
+def rl_step(model, step, rows, ids, cfg, d: Dist, judge, ready, optimizer, scheduler, ref_model):
     """One GRPO step: sample, score, advantages, update. Returns the step's metrics (global)."""
     idx = step_batch(rows, step, cfg, d)
     t0 = time.time()
@@ -340,7 +317,7 @@ def rl_step(model, step, rows, ids, cfg, d: Dist, judge, ready, scorer, optimize
     texts = [cfg.tokenizer.decode(c.tokens, skip_special_tokens=True) for c in comps]
     lengths = [len(c.tokens) for c in comps]
     with ready():
-        rewards, sums = scorer(rrows, texts, lengths, cfg, judge)
+        rewards, sums = score(rrows, texts, lengths, cfg, judge)
     t2 = time.time()
     groups = [step * cfg.prompts_per_step + d.rank * len(idx) + k // cfg.rollouts for k in range(len(comps))]
     adv = grpo.group_advantages(torch.tensor(rewards), groups, norm_by_std=bool(cfg.norm_adv_by_std)).tolist()
@@ -352,35 +329,21 @@ def rl_step(model, step, rows, ids, cfg, d: Dist, judge, ready, scorer, optimize
         dropped = len(idx) - len(keep)
         kept = [samples[g * cfg.rollouts + k] for g in keep for k in range(cfg.rollouts)]
         # pad to the same count on every rank with zero-weight copies: FSDP needs equal pass counts
-        target = int(d.max(len(kept)))
+        target = int(d.reduce([len(kept)], dist.ReduceOp.MAX)[0])
         samples = kept + [dict(samples[0], weight=0.0) for _ in range(target - len(kept))]
     upd = grpo.policy_update(model, optimizer, samples, cfg, d, ref_model) if samples else {}
     scheduler.step()
     t3 = time.time()
-    keys = sorted(sums)
-    tot = d.sum([sum(rewards), len(rewards), sum(lengths), dropped] + [float(sums[k]) for k in keys])
-    g = dict(zip(["reward", "n", "length", "dropped"] + keys, tot))
-    m = {"step": step + 1, "reward": g["reward"] / g["n"], "response_length": g["length"] / g["n"],
-         "groups_dropped": int(g["dropped"]), "lr": scheduler.get_last_lr()[0],
-         "t_sample": t1 - t0, "t_judge": t2 - t1, "t_train": t3 - t2}
-    m.update(upd)
-    if "correct" in g:
-        m.update(acc=g["correct"] / g["n"], flawed_ratio=g["flagged"] / max(g["correct"], 1),
-                 unparseable=g["unparseable"] / max(g["judged"], 1))
-        if "agree" in g:
-            m.update(oracle_flawed_ratio=g["oracle_flagged"] / max(g["correct"], 1), judge_agreement=g["agree"] / max(g["correct"], 1))
-    else:
-        m.update(outcome=g["outcome"] / g["n"], process=g["process"] / g["n"], verdict_acc=g["verdict_right"] / g["n"],
-                 parse_fail=g["parse_fail"] / g["n"], loc_err=g["loc_err"] / max(g["both_flawed"], 1))
-    return m
+    keys = sorted(sums)  # the same keys on every rank: one all-reduce for everything
+    g = dict(zip(["reward", "length", "dropped"] + keys,
+                 d.sum([sum(rewards), sum(lengths), dropped] + [float(sums[k]) for k in keys])))
+    rates = genrm.critic_batch_metrics(g) if cfg.critic else fapo.rollout_metrics(g)
+    return {"step": step + 1, "reward": g["reward"] / g["n"], "response_length": g["length"] / g["n"],
+            "groups_dropped": int(g["dropped"]), "lr": scheduler.get_last_lr()[0],
+            "t_sample": t1 - t0, "t_judge": t2 - t1, "t_train": t3 - t2, **upd, **rates}
 
 
 # ---- evaluation ----
-
-def pass_at_k(n, c, k):
-    """Unbiased pass@k (Chen et al. 2021): 1 - C(n-c, k) / C(n, k)."""
-    return 1.0 if n - c < k else 1.0 - math.comb(n - c, k) / math.comb(n, k)
-
 
 def evaluate_policy(model, rows, ids, cfg, d: Dist, judge, ready, tag):
     """avg@n accuracy, flawed ratio (judged by `judge`), unbiased pass@k, mean response length."""
@@ -391,7 +354,7 @@ def evaluate_policy(model, rows, ids, cfg, d: Dist, judge, ready, tag):
     rr = [rows[i] for i in mine for _ in range(n)]
     with ready():
         s = fapo.score_rollouts(texts, [r.ground_truth for r in rr], [data.problem_text(r) for r in rr], genrm=judge)
-    passk = sum(pass_at_k(n, sum(s.correct[j * n:(j + 1) * n]), cfg.pass_k) for j in range(len(mine)))
+    passk = sum(fapo.pass_at_k(n, sum(s.correct[j * n:(j + 1) * n]), cfg.pass_k) for j in range(len(mine)))
     tot = d.sum([len(texts), s.counts["correct"], s.counts["flagged"], passk, len(mine), sum(len(c.tokens) for c in comps)])
     return {"eval": tag, f"eval_acc@{n}": tot[1] / tot[0], "eval_flawed_ratio": tot[2] / max(tot[1], 1),
             f"eval_pass@{cfg.pass_k}": tot[3] / tot[4], "eval_response_length": tot[5] / tot[0]}
@@ -416,19 +379,17 @@ class Logger:
     """metrics.jsonl (one object per step or eval) and a tqdm bar, on rank 0 only."""
 
     def __init__(self, out_dir, d: Dist, total, initial, desc, quiet):
-        self.main, self.path = d.main, os.path.join(out_dir, "metrics.jsonl")
+        self.main, self.path, self.bar = d.main, os.path.join(out_dir, "metrics.jsonl"), None
         os.makedirs(out_dir, exist_ok=True)
-        self.bar = None
         if d.main and not quiet:
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=initial, desc=desc, dynamic_ncols=True, file=sys.stdout)
 
     def log(self, m, show=("reward", "acc", "flawed_ratio", "loss", "verdict_acc")):
-        if not self.main:
-            return
-        with open(self.path, "a") as f:
-            f.write(json.dumps(m) + "\n")
-        if "eval" in m:
+        if self.main:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(m) + "\n")
+        if self.main and "eval" in m:
             print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in m.items()), flush=True)
         elif self.bar is not None:
             self.bar.set_postfix({k: f"{m[k]:.3f}" for k in show if k in m})
@@ -443,22 +404,18 @@ class Logger:
 
 def sft_pairs(cfg, step, d: Dist):
     """This rank's (prompt ids, response ids + EOS) for an SFT step (toy traces are made on the fly)."""
-    per_rank = cfg.sft_batch // d.world
     rng = random.Random(derive_seed(cfg.seed, "sft", step, d.rank))
-    tok, eos = cfg.tokenizer, cfg.tokenizer.eos_token_id
-    pairs = []
-    for _ in range(per_rank):
+    tok, pairs = cfg.tokenizer, []
+    for _ in range(cfg.sft_batch // d.world):
         if cfg.critic:  # toy GenRM cold start: checker-written critiques
-            (row, prob, steps), = genrm.make_toy_critic_rows(1, seed=rng.randrange(2**62))
-            prompt, response = row.prompt, genrm.toy_critique(prob, steps)
+            prompt, response = genrm.toy_critic_example(rng)
         elif cfg.sft_rows is not None:  # user data: the target is extra_info.response
             row = cfg.sft_rows[rng.randrange(len(cfg.sft_rows))]
             prompt, response = row.prompt, row.extra_info["response"]
         else:
-            prob = data.make_toy_problem(rng)
-            prompt = data.toy_row(prob).prompt
-            response = data.toy_solution(prob, rng, flawed=rng.random() < cfg.sft_flawed_share)
-        pairs.append((data.encode_prompt(tok, prompt), tok(response, add_special_tokens=False)["input_ids"] + [eos]))
+            prompt, response = data.toy_sft_example(rng, cfg.sft_flawed_share)
+        response_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        pairs.append((data.encode_prompt(tok, prompt), response_ids))
     return pairs
 
 
@@ -479,7 +436,7 @@ def run_sft(model, cfg, d: Dist, out_dir, evaluate):
     return result
 
 
-def run_rl(model, cfg, d: Dist, out_dir, rows, ids, scorer, judge, ready, evaluate, first=None):
+def run_rl(model, cfg, d: Dist, out_dir, rows, ids, judge, ready, evaluate, first=None):
     optimizer, scheduler = make_optimizer(model, cfg.lr, cfg.warmup, cfg)
     ref_model = None
     if cfg.kl_coef > 0:  # the reference is the starting policy, frozen (not built when the coefficient is 0)
@@ -495,7 +452,7 @@ def run_rl(model, cfg, d: Dist, out_dir, rows, ids, scorer, judge, ready, evalua
         log.log(first)
     last = first
     for step in range(start, cfg.steps):
-        log.log(rl_step(model, step, rows, ids, cfg, d, judge, ready, scorer, optimizer, scheduler, ref_model))
+        log.log(rl_step(model, step, rows, ids, cfg, d, judge, ready, optimizer, scheduler, ref_model))
         done = step + 1 == cfg.steps
         if done or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
             last = evaluate(f"step{step + 1}")
@@ -509,15 +466,13 @@ def run_rl(model, cfg, d: Dist, out_dir, rows, ids, scorer, judge, ready, evalua
 
 def resume_into(model, optimizer, scheduler, out_dir, cfg, d: Dist):
     """Load OUT/ckpt (weights, optimizer, scheduler) into the sharded model; returns the step to start at."""
-    # ckpt.old survives a kill between the two renames of atomic_dir_write
+    # ckpt.old survives a kill between the two renames of save_checkpoint
     paths = [os.path.join(out_dir, n) for n in ("ckpt", "ckpt.old")]
     path = next((q for q in paths if os.path.exists(os.path.join(q, "trainer_state.pt"))), None)
     if not cfg.resume or path is None:
         return 0
-    from safetensors.torch import load_file
-    full = load_file(os.path.join(path, "model.safetensors"))
-    if "lm_head.weight" not in full and getattr(model.config, "tie_word_embeddings", False):
-        full["lm_head.weight"] = full["model.embed_tokens.weight"]  # save_pretrained keeps one copy of tied weights
+    # from_pretrained reads sharded safetensors and re-ties tied weights; then every rank keeps its shard
+    full = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
     set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True))
     state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=True, map_location="cpu")
     set_optimizer_state_dict(model, optimizer, state["optimizer"], options=StateDictOptions(full_state_dict=True))
@@ -573,19 +528,14 @@ def main(argv=None):
     cfg.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     gen_eos = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
     cfg.eos_ids = sorted({tok.eos_token_id} | set(gen_eos if isinstance(gen_eos, list) else [gen_eos]) - {None})
-    cfg.sft_rows = data.load_rows(cfg.data) if cfg.task == "sft" and cfg.data != "toy" else None
-    for i, r in enumerate(cfg.sft_rows or [], 1):  # SFT targets live in extra_info.response
-        if not isinstance(r.extra_info.get("response"), str) or not r.extra_info["response"].strip():
-            raise ValueError(f"{cfg.data}: row {i}: field 'extra_info.response': missing (the SFT target)")
+    cfg.sft_rows = data.load_sft_rows(cfg.data) if cfg.task == "sft" and cfg.data != "toy" else None
     rows, ids, test, test_ids = setup_data(cfg, d)
 
     if cfg.critic:
         judge, ready = None, contextlib.nullcontext
-        scorer = lambda rows, texts, lengths, cfg, judge: genrm.critic_rewards(rows, texts)  # noqa: E731
         evaluate = lambda tag: evaluate_critic(model, test, test_ids, cfg, d, tag) if test else {"eval": tag}  # noqa: E731
     else:
         judge, ready = make_judge(cfg, d, cfg.genrm)
-        scorer = score_policy
         # eval measures the flawed ratio with the oracle on toy data (the truth), else with the training GenRM
         ej, eready = make_judge(cfg, d, "oracle") if cfg.test_data == "toy" else (judge, ready)
         evaluate = lambda tag: evaluate_policy(model, test, test_ids, cfg, d, ej, eready, tag) if test else {"eval": tag}  # noqa: E731
@@ -594,14 +544,14 @@ def main(argv=None):
     if cfg.task == "sft":
         before, after = None, run_sft(model, cfg, d, cfg.out, evaluate)
     elif cfg.model != "toy":
-        before, after = run_rl(model, cfg, d, cfg.out, rows, ids, scorer, judge, ready, evaluate)
+        before, after = run_rl(model, cfg, d, cfg.out, rows, ids, judge, ready, evaluate)
     else:  # the built-in demo: a random toy model needs a cold start before RL can find any reward
         what = "checker-written critiques" if cfg.critic else f"toy traces ({cfg.sft_flawed_share:.0%} flawed)"
         say(d, f"[1/2] SFT cold start: {cfg.sft_steps} steps x {cfg.sft_batch} {what}")
         before = run_sft(model, cfg, d, os.path.join(cfg.out, "sft"), evaluate)
         say(d, f"[2/2] GRPO ({'stepwise GenRM reward' if cfg.critic else f'FAPO, lambda {cfg.fapo_lambda}, GenRM {cfg.genrm}'}): "
                f"{cfg.steps} steps x {cfg.prompts_per_step} prompts x {cfg.rollouts} rollouts")
-        _, after = run_rl(model, cfg, d, os.path.join(cfg.out, "rl"), rows, ids, scorer, judge, ready, evaluate,
+        _, after = run_rl(model, cfg, d, os.path.join(cfg.out, "rl"), rows, ids, judge, ready, evaluate,
                           first=before)
     if d.main:
         print_table(before, after, time.time() - t0)
