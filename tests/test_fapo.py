@@ -56,3 +56,15 @@ def test_oracle_genrm():
                        [["8+6=14", "14-4=10", "10+9=19", "\\boxed{19}"],
                         ["8+6=14", "14-4=11", "10+9=19", "\\boxed{19}"], ["x"]])
     assert got == [-1, 1, None]
+
+
+def test_score_rollouts_audits_a_genrm_against_an_oracle():
+    from fapo import pass_at_k, rollout_metrics
+    responses = ["8+6=15\n\n\\boxed{14}", "8+6=14\n\n\\boxed{14}", "8+6=14\n\n\\boxed{14}", "\\boxed{3}"]
+    always_clean = lambda problems, gts, steps: [-1] * len(steps)  # noqa: E731
+    s = score_rollouts(responses, ["14"] * 4, ["8+6"] * 4, genrm=always_clean, oracle=oracle_genrm)
+    assert s.counts["oracle_flagged"] == 1 and s.counts["agree"] == 2 and s.counts["flagged"] == 0
+    m = rollout_metrics(s.counts)
+    assert m["oracle_flawed_ratio"] == pytest.approx(1 / 3) and m["judge_agreement"] == pytest.approx(2 / 3)
+    assert m["acc"] == 0.75 and m["flawed_ratio"] == 0.0
+    assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 3, 2) == 1.0 and pass_at_k(4, 1, 2) == pytest.approx(0.5)
