@@ -1,27 +1,18 @@
-"""data.py -- rows in, answers checked, solutions split into steps; plus the built-in toy task.
+"""data.py -- rows in, answers checked, solutions split into steps (real data; the toy task is toy.py).
 
 Everything the rest of the project knows about data lives here, with no model in sight:
 
     load_rows(path)                 verl-schema rows from .jsonl / .json / .parquet, validated
     last_boxed(text)                content of the last \\boxed{...}
     normalize_answer(s)             DAPO's normalize_final_answer, verbatim semantics
-    verify(response, ground_truth)  the paper's rule verifier: +1 iff the normalised answers match
+    verify(response, ground_truth)  the paper's rule verifier (R_rule in {+1, -1}): +1 iff the normalised answers match
     split_steps(text)               a solution as a list of paragraphs (the GenRM's "steps")
     encode_prompt / encode_rows     prompt token ids through the chat template; over-long rows dropped
-
-and the toy task that lets `torchrun train.py` run a real FAPO experiment on a CPU:
-
-    ToyProblem, make_toy_problem    "8+6-4+9": 2-3 single-digit operations, running value >= 0
-    toy_solution(problem, flaw)     one step per operation, then \\boxed{answer}; optionally flawed
-    toy_first_error(problem, steps) the exact step checker: first wrong step, or -1 (the oracle GenRM)
-    toy_rows(n, seed)               distinct toy problems as verl-style rows
-    make_toy_tokenizer()            a small word-level tokenizer with a chat template, built locally
 
 Use: `rows = load_rows("train.parquet"); ok, pred = verify(response_text, rows[0].ground_truth)`.
 """
 import json
 import os
-import random
 import re
 from dataclasses import dataclass, field
 
@@ -247,183 +238,3 @@ def verify(response: str, ground_truth) -> tuple[bool, str]:
 def split_steps(text: str) -> list[str]:
     """Paragraphs split at blank lines (lines of only whitespace), stripped, empties dropped."""
     return [p.strip() for p in re.split(r"\n[ \t\r\f\v]*\n", text) if p.strip()]
-
-
-# ---- toy task: multi-step arithmetic with an exact step checker ----
-#
-# Problem "8+6-4+9". Clean solution, one paragraph per operation, then the answer:
-#     8+6=14 / 14-4=10 / 10+9=19 / \boxed{19}
-# Flaws keep the final answer right (they are the *flawed positives* FAPO is about):
-#     "slip":    one step writes its result off by 1 or 2; the next step carries on from the right value
-#     "miscopy": one step copies a wrong operand but writes the right result ("8+7=14" for 8+6)
-# A flaw that carries a wrong value forward would change the answer; a tiny model cannot produce it
-# with a right answer, so it is not used (see ../shared/TOY-NOTES.md).
-
-TOY_SOURCE = "toy_arith"
-
-
-@dataclass(frozen=True)
-class ToyProblem:
-    first: int
-    ops: tuple  # ((op, operand), ...), op in "+-"
-
-    @property
-    def text(self) -> str:
-        return str(self.first) + "".join(f"{op}{b}" for op, b in self.ops)
-
-    def running_values(self) -> list[int]:
-        """Value after each operation."""
-        vals, v = [], self.first
-        for op, b in self.ops:
-            v = v + b if op == "+" else v - b
-            vals.append(v)
-        return vals
-
-    @property
-    def answer(self) -> int:
-        return self.running_values()[-1]
-
-
-def make_toy_problem(rng: random.Random, min_ops=2, max_ops=3) -> ToyProblem:
-    """Single digits 1-9 joined by +/-; subtraction only where the running value stays >= 0."""
-    first = rng.randint(1, 9)
-    v, ops = first, []
-    for _ in range(rng.randint(min_ops, max_ops)):
-        b = rng.randint(1, 9)
-        op = rng.choice("+-") if v >= b else "+"
-        v = v + b if op == "+" else v - b
-        ops.append((op, b))
-    return ToyProblem(first, tuple(ops))
-
-
-def parse_toy_problem(text: str) -> ToyProblem:
-    """Inverse of ToyProblem.text; ValueError on anything else (model output is untrusted)."""
-    m = re.fullmatch(r"([1-9])((?:[+-][1-9])+)", text.strip())
-    if not m:
-        raise ValueError(f"not a toy problem: {text!r}")
-    return ToyProblem(int(m.group(1)), tuple((t[0], int(t[1])) for t in re.findall(r"[+-][1-9]", m.group(2))))
-
-
-def toy_solution_steps(p: ToyProblem, flaw=None, flaw_step=0, delta=1) -> list[str]:
-    """Steps of a solution; flaw in (None, "slip", "miscopy") applied at operation `flaw_step`."""
-    steps, prev = [], p.first
-    for k, ((op, b), v) in enumerate(zip(p.ops, p.running_values())):
-        shown_b, shown_v = b, v
-        if k == flaw_step and flaw == "slip":
-            shown_v = v + delta
-        elif k == flaw_step and flaw == "miscopy":
-            shown_b = b + delta
-        steps.append(f"{prev}{op}{shown_b}={shown_v}")
-        prev = v  # carry on from the right value: the final answer stays right
-    steps.append(f"\\boxed{{{p.answer}}}")
-    return steps
-
-
-def random_toy_flaw(p: ToyProblem, rng: random.Random):
-    """(flaw, step, delta) for a flaw that stays well-formed: values >= 0, operands in 1..9."""
-    while True:
-        flaw = rng.choice(["slip", "miscopy"])
-        k = rng.randrange(len(p.ops))
-        delta = rng.choice([-2, -1, 1, 2])
-        if flaw == "slip" and p.running_values()[k] + delta >= 0:
-            return flaw, k, delta
-        if flaw == "miscopy" and 1 <= p.ops[k][1] + delta <= 9:
-            return flaw, k, delta
-
-
-def toy_solution(p: ToyProblem, rng: random.Random | None = None, flawed=False) -> str:
-    """A solution text (steps joined by blank lines); flawed=True injects one random flaw."""
-    flaw, k, delta = random_toy_flaw(p, rng) if flawed else (None, 0, 0)
-    return "\n\n".join(toy_solution_steps(p, flaw, k, delta))
-
-
-_STEP = re.compile(r"([0-9]+)([+-])([0-9]+)=([0-9]+)")
-
-
-def toy_first_error(p: ToyProblem, steps: list[str]) -> int:
-    """The oracle: index of the first wrong step, or -1 when every step is right.
-
-    Step k < n_ops must read `a op b = v` with a the true value before operation k, op and b the
-    problem's, and v = a op b; step n_ops must be `\\boxed{answer}`; nothing may follow. A missing step
-    is an error at the first missing index (clipped to the last step shown, so the index is always
-    valid for the GenRM prompt's paragraphs).
-    """
-    n = len(p.ops)
-    prev = p.first
-    for k, ((op, b), v) in enumerate(zip(p.ops, p.running_values())):
-        if k >= len(steps):
-            return max(len(steps) - 1, 0)
-        m = _STEP.fullmatch(steps[k].strip())
-        if not m or (int(m.group(1)), m.group(2), int(m.group(3)), int(m.group(4))) != (prev, op, b, v):
-            return k
-        prev = v
-    if len(steps) <= n:
-        return max(len(steps) - 1, 0)
-    if steps[n].strip() != f"\\boxed{{{p.answer}}}":
-        return n
-    return n + 1 if len(steps) > n + 1 else -1
-
-
-def toy_sft_example(rng: random.Random, flawed_share: float) -> tuple[list, str]:
-    """(prompt, solution) for the SFT cold start; the solution is flawed with probability flawed_share."""
-    p = make_toy_problem(rng)
-    return toy_row(p).prompt, toy_solution(p, rng, flawed=rng.random() < flawed_share)
-
-
-def toy_row(p: ToyProblem) -> Row:
-    """A verl-style row for the toy task: the problem is the whole user message."""
-    return Row(prompt=[{"role": "user", "content": p.text}], ground_truth=str(p.answer),
-               extra_info={"question": p.text}, data_source=TOY_SOURCE)
-
-
-def toy_rows(n: int, seed: int, exclude=()) -> list[Row]:
-    """n distinct toy problems as rows, none of whose text is in `exclude` (keeps test out of train)."""
-    rng, seen, out = random.Random(seed), set(exclude), []
-    while len(out) < n:
-        p = make_toy_problem(rng)
-        if p.text not in seen:
-            seen.add(p.text)
-            out.append(toy_row(p))
-    return out
-
-
-# ---- toy tokenizer: built locally, nothing downloaded ----
-
-CHAT_TEMPLATE = (
-    "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-_TOY_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
-# words of the GenRM prompt (genrm.py) and of the chat roles, so the toy GenRM sees real prompts
-_TOY_WORDS = (
-    "The following is a math problem with its ground truth answer along with an AI solution split into "
-    "paragraphs enclosed tags and indexed from Math Problem Ground Truth Solution Your task to review "
-    "critique the paragraph by Once you identify error in return index of where earliest occurs "
-    "Otherwise which typically denotes not found Please reason step put your final i e boxed "
-    "user assistant system ok wrong"
-).split()
-_TOY_PATTERN = r"\\boxed\{|</?paragraph_\d+>|<\|[a-z_]+\|>| ?[A-Za-z]+|\n\n|."
-
-
-def make_toy_tokenizer(phrases=(), max_paragraphs=16):
-    """A word-level tokenizer: digits and symbols one token each, English words whole (with their
-    leading space), and each of `phrases` (the GenRM prompt's fixed sentences) a single token, so the
-    toy GenRM reads the real prompt text in ~80 tokens instead of ~190."""
-    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    chars = [chr(c) for c in range(32, 127)] + ["\n", "\n\n", "\\boxed{"]
-    tags = [f"<paragraph_{i}>" for i in range(max_paragraphs)] + [f"</paragraph_{i}>" for i in range(max_paragraphs)]
-    words = _TOY_WORDS + [" " + w for w in _TOY_WORDS]  # a word with its leading space is one token
-    vocab = {}
-    for t in _TOY_SPECIALS + chars + tags + words + list(phrases):
-        vocab.setdefault(t, len(vocab))
-    pattern = "".join(re.escape(ph) + "|" for ph in sorted(phrases, key=len, reverse=True)) + _TOY_PATTERN
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tok.pre_tokenizer = pre_tokenizers.Split(Regex(pattern), behavior="isolated")
-    tok.decoder = decoders.Fuse()
-    tok.add_special_tokens(_TOY_SPECIALS)
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                 unk_token="<unk>")
-    hf.chat_template = CHAT_TEMPLATE
-    return hf

@@ -15,21 +15,19 @@ i.e. outcome +1/-1 plus process -|t - t*|/n when both say flawed.
     genrm_reward(pred, target, n_steps)         the reward above
     critic_metrics(preds, labels, ...)          ProcessBench and FlawedPositiveBench numbers
     critic_rewards / check_critic_rows          a batch of GenRM rollouts scored; critic rows validated
-    make_toy_critic_rows / toy_critique         the toy task's critique data (see data.py)
-    ModelJudge                                  a transformers GenRM as FAPO's judge (through sampler.py)
+    Verdict, ModelJudge                         a judge's answer; a transformers GenRM as FAPO's judge
 
 Evaluate a GenRM on critique rows (FAPO-Critic / ProcessBench row format, or 512 toy rows):
 
     python genrm.py --model DIR --data rows.jsonl [--votes 4 --temperature 0.6 --top-p 0.95]
-    python genrm.py --model oracle --data toy      # the toy checker: every metric 1.0
+    python genrm.py --model oracle --data toy      # the toy checker (toy.py): every metric 1.0
 """
-import random
 import re
+from dataclasses import dataclass
 
 import torch
 
-from data import (Row, ToyProblem, encode_prompt, last_boxed, load_rows, make_toy_problem, parse_toy_problem,
-                  random_toy_flaw, toy_first_error, toy_solution_steps)
+from data import Row, encode_prompt, last_boxed, load_rows
 from sampler import generate
 
 # ---- prompt ----
@@ -201,76 +199,51 @@ def majority_vote(indices: list) -> int | None:
     return min(set(valid), key=lambda i: (-valid.count(i), i))
 
 
-# ---- toy critique data (the toy task of data.py, in FAPO-Critic's row format) ----
-
-
-def toy_critique(p: ToyProblem, steps: list[str]) -> str:
-    """A checker-written critique: every number of a paragraph set against the true one, then a verdict.
-
-    One line per checked paragraph, stopping at the first wrong one: `1: 14 14 = 4 4 = 11 10 ! wrong`
-    reads "first operand written 14, true 14, same; operand 4 vs 4, same; result 11 vs 10, differs".
-    Each comparison is of two adjacent numbers, which a small model learns quickly; spotting a mismatch
-    between a whole paragraph and a whole recomputed line it does not.
-    """
-    first = toy_first_error(p, steps)
-    lines, prev = [], p.first
-    for k, ((op, b), v) in enumerate(zip(p.ops, p.running_values())):
-        m = re.fullmatch(r"([0-9]+)([+-])([0-9]+)=([0-9]+)", steps[k].strip()) if k < len(steps) else None
-        if m is None or m.group(2) != op:
-            fields = "?"
-        else:
-            pairs = zip((int(m.group(1)), int(m.group(3)), int(m.group(4))), (prev, b, v))
-            fields = " ".join(f"{w} {t} {'=' if w == t else '!'}" for w, t in pairs)
-        lines.append(f"{k}: {fields} {'wrong' if k == first else 'ok'}")
-        prev = v
-        if k == first:
-            break
-    return "\n".join(lines) + f"\n\n\\boxed{{{first}}}"
-
-
-def toy_critic_example(rng: random.Random) -> tuple[list, str]:
-    """(prompt, checker-written critique) for the toy GenRM's SFT cold start."""
-    (row, p, steps), = make_toy_critic_rows(1, seed=rng.randrange(2**62))
-    return row.prompt, toy_critique(p, steps)
-
-
-def make_toy_critic_rows(n: int, seed: int, flawed_share=0.5) -> list[tuple[Row, ToyProblem, list[str]]]:
-    """(row, problem, steps): rows as FAPO-Critic rows (prompt, ground_truth = first wrong step,
-    extra_info.total_steps). The solutions are toy solutions, flawed with probability flawed_share."""
-    rng = random.Random(seed)
-    out = []
-    for _ in range(n):
-        p = make_toy_problem(rng)
-        flaw, k, delta = random_toy_flaw(p, rng) if rng.random() < flawed_share else (None, 0, 0)
-        steps = toy_solution_steps(p, flaw, k, delta)
-        label = toy_first_error(p, steps)
-        row = Row(prompt=[{"role": "user", "content": genrm_prompt(p.text, p.answer, steps)}],
-                  ground_truth=label, extra_info={"total_steps": len(steps), "question": p.text},
-                  data_source="toy_critic")
-        out.append((row, p, steps))
-    return out
-
-
 # ---- running a GenRM model (FAPO's judge, and the evaluation command) ----
 
 
+@dataclass
+class Verdict:
+    """What a judge says about one solution."""
+    index: int | None        # first wrong step, -1 for clean; None: no usable verdict (never a flag)
+    text: str = ""           # the critique the GenRM wrote ("" for the exact toy checker)
+    error: str | None = None  # why no verdict was obtained at all (prompt too long, service down, ...)
+
+
+def as_verdict(v) -> Verdict:
+    """A judge may answer with bare indices (int | None): a forker's lambda is a judge too."""
+    return v if isinstance(v, Verdict) else Verdict(v)
+
+
+# A judge is any object with
+#     judge(problems, ground_truths, step_lists) -> [Verdict]   (FAPO: rollouts, split into steps)
+#     judge.judge_prompts(prompts, n_steps) -> [Verdict]        (evaluation: ready-made critique rows)
+# ModelJudge below runs a transformers model in-process; toy.OracleJudge is the toy task's exact checker.
+
+
 class ModelJudge:
-    """A transformers GenRM as FAPO's judge: (problems, ground_truths, step_lists) -> [index | None].
+    """A transformers GenRM as FAPO's judge.
 
     Each solution is shown in the training format (genrm_prompt, chat template), decoded with the
     sampler; `votes` > 1 samples k verdicts and takes the majority. A prompt that does not fit the
-    model's context is not judged (None, counted as unparseable by fapo.score_rollouts).
+    model's context gets Verdict(None, error="too long"), counted apart by fapo.score_rollouts.
     """
 
     def __init__(self, model, tokenizer, max_new_tokens=1024, temperature=0.0, top_p=1.0, votes=1, seed=0,
-                 device="cpu"):
-        self.model, self.tok, self.votes = model, tokenizer, votes
+                 device="cpu", eos_ids=None, context_len=None, max_tokens_in_flight=None):
+        self.model, self.tok, self.votes, self.device = model, tokenizer, votes, device
         self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-                       eos_token_id=tokenizer.eos_token_id,
-                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id)
-        self.gen = torch.Generator(device=device).manual_seed(seed)
-        self.context = getattr(model.config, "max_position_embeddings", None) or 10**9
+                       eos_token_id=eos_ids if eos_ids is not None else tokenizer.eos_token_id,
+                       pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
+                       max_tokens_in_flight=max_tokens_in_flight)
+        self.context = context_len or getattr(model.config, "max_position_embeddings", None) or 10**9
+        self.kw["context_len"] = self.context
+        self.reseed(seed)
         self.response_tokens = 0  # total decoded, for cost accounting
+
+    def reseed(self, seed):
+        """A fresh generator: the trainer reseeds per step, so a resumed run samples the same critiques."""
+        self.gen = torch.Generator(device=self.device).manual_seed(seed)
 
     def judge_prompts(self, prompts, n_steps):
         """Verdicts for ready-made prompts (chat messages or strings) with their step counts."""
@@ -278,10 +251,12 @@ class ModelJudge:
         ok = [i for i, x in enumerate(ids) if len(x) + self.kw["max_new_tokens"] <= self.context]
         comps = generate(self.model, [ids[i] for i in ok], n=self.votes, generator=self.gen, **self.kw) if ok else []
         self.response_tokens += sum(len(c.tokens) for c in comps)
-        out = [None] * len(prompts)
+        out = [Verdict(None, error=f"prompt + max new tokens > context {self.context}") for _ in prompts]
         for j, i in enumerate(ok):
             texts = [self.tok.decode(c.tokens, skip_special_tokens=True) for c in comps[j * self.votes:(j + 1) * self.votes]]
-            out[i] = majority_vote([parse_index(t, n_steps[i]) for t in texts])
+            votes = [parse_index(t, n_steps[i]) for t in texts]
+            index = majority_vote(votes)
+            out[i] = Verdict(index, texts[votes.index(index)] if index in votes else texts[0])
         return out
 
     def __call__(self, problems, ground_truths, step_lists):
@@ -289,26 +264,11 @@ class ModelJudge:
         return self.judge_prompts(prompts, [len(s) for s in step_lists])
 
 
-class OracleJudge:
-    """The toy step checker behind ModelJudge's interface (toy prompts only; anything else is None)."""
-    votes, response_tokens = 1, 0
-
-    def judge_prompts(self, prompts, n_steps):
-        out = []
-        for p in prompts:
-            try:
-                problem, _, steps = parse_genrm_prompt(p if isinstance(p, str) else p[-1]["content"])
-                out.append(toy_first_error(parse_toy_problem(problem), steps))
-            except ValueError:
-                out.append(None)
-        return out
-
-
 def evaluate_rows(judge, rows: list[Row]) -> dict:
     """critic_metrics of a judge over critique rows (FAPO-Critic / ProcessBench format): label =
     reward_model.ground_truth, n = extra_info.total_steps, subset = data_source, FlawedPositiveBench
     restricted to rows with extra_info.final_answer_correct when that field is present."""
-    preds = judge.judge_prompts([r.prompt for r in rows], [r.extra_info["total_steps"] for r in rows])
+    preds = [v.index for v in judge.judge_prompts([r.prompt for r in rows], [r.extra_info["total_steps"] for r in rows])]
     fc = [r.extra_info.get("final_answer_correct", True) for r in rows]
     m = critic_metrics(preds, [r.ground_truth for r in rows], final_correct=fc,
                        subsets=[r.data_source for r in rows])
@@ -331,10 +291,13 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    rows = [r for r, _, _ in make_toy_critic_rows(512, seed=12345)] if args.data == "toy" else load_rows(args.data)
+    if args.data == "toy":
+        import toy  # the built-in task plugs in here: its rows (and, with --model oracle, its checker)
+    rows = [r for r, _, _ in toy.critic_rows(512, seed=12345)] if args.data == "toy" else load_rows(args.data)
     rows = rows[: args.limit or None]
     if args.model == "oracle":  # the toy task's exact checker, through the same metrics
-        judge = OracleJudge()
+        import toy
+        judge = toy.OracleJudge()
     else:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         tok = AutoTokenizer.from_pretrained(args.model)

@@ -32,6 +32,7 @@ import fapo
 import genrm
 import grpo
 import sampler
+import toy
 
 # ---- config ----
 
@@ -164,25 +165,15 @@ from transformers.utils import logging as hf_logging  # noqa: E402
 hf_logging.disable_progress_bar()  # our own tqdm bar is the only one
 
 
-def build_toy_model(tokenizer, seed):
-    """The toy policy/GenRM: a 2-layer Qwen3 (~0.5M parameters) over the toy tokenizer."""
-    cfg = Qwen3Config(vocab_size=64 * math.ceil(len(tokenizer) / 64), hidden_size=128, intermediate_size=512,
-                      num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, head_dim=32,
-                      max_position_embeddings=512, tie_word_embeddings=True, eos_token_id=tokenizer.eos_token_id,
-                      pad_token_id=tokenizer.pad_token_id, bos_token_id=None)
-    torch.manual_seed(seed)  # explicit: the same seed builds the same model
-    return Qwen3ForCausalLM(cfg)
-
-
 def load_model(path, tokenizer, seed, dtype=torch.float32):
     if path == "toy":
-        return build_toy_model(tokenizer, seed).to(dtype)
+        return toy.build_model(tokenizer, seed).to(dtype)
     # trust_remote_code stays off: the model's own code is not run
     return AutoModelForCausalLM.from_pretrained(path, dtype=dtype)
 
 
 def load_tokenizer(path):
-    return data.make_toy_tokenizer(genrm.PROMPT_PHRASES) if path == "toy" else AutoTokenizer.from_pretrained(path)
+    return toy.tokenizer() if path == "toy" else AutoTokenizer.from_pretrained(path)
 
 
 def shard(model, d: Dist, compute_dtype):
@@ -269,7 +260,7 @@ def make_judge(cfg, d: Dist, which):
     if which == "none":
         return None, contextlib.nullcontext
     if which == "oracle":
-        return fapo.oracle_genrm, contextlib.nullcontext
+        return toy.OracleJudge(), contextlib.nullcontext
     tok = AutoTokenizer.from_pretrained(which)
     model = shard(AutoModelForCausalLM.from_pretrained(which, dtype=torch.float32), d, cfg.compute_dtype).eval()
     model.requires_grad_(False)  # frozen: FAPO does not train the GenRM it judges with
@@ -283,11 +274,9 @@ def score(rows, texts, lengths, cfg, judge):
     On toy data a learned GenRM is audited against the exact checker on the same rollouts."""
     if cfg.critic:
         return genrm.critic_rewards(rows, texts)
-    audit = cfg.data == "toy" and judge not in (None, fapo.oracle_genrm)
     s = fapo.score_rollouts(texts, [r.ground_truth for r in rows], [data.problem_text(r) for r in rows],
                             genrm=judge, lam=cfg.fapo_lambda, lengths=lengths, max_len=cfg.max_response_len,
-                            overlong_buffer=cfg.overlong_buffer, overlong_factor=cfg.overlong_factor,
-                            oracle=fapo.oracle_genrm if audit else None)
+                            overlong_buffer=cfg.overlong_buffer, overlong_factor=cfg.overlong_factor)
     return s.rewards, s.counts
 
 
@@ -406,12 +395,12 @@ def sft_pairs(cfg, step, d: Dist):
     tok, pairs = cfg.tokenizer, []
     for _ in range(cfg.sft_batch // d.world):
         if cfg.critic:  # toy GenRM cold start: checker-written critiques
-            prompt, response = genrm.toy_critic_example(rng)
+            prompt, response = toy.critic_sft_example(rng)
         elif cfg.sft_rows is not None:  # user data: the target is extra_info.response
             row = cfg.sft_rows[rng.randrange(len(cfg.sft_rows))]
             prompt, response = row.prompt, row.extra_info["response"]
         else:
-            prompt, response = data.toy_sft_example(rng, cfg.sft_flawed_share)
+            prompt, response = toy.sft_example(rng, cfg.sft_flawed_share)
         response_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         pairs.append((data.encode_prompt(tok, prompt), response_ids))
     return pairs
@@ -483,13 +472,9 @@ def resume_into(model, optimizer, scheduler, out_dir, cfg, d: Dist):
 
 def setup_data(cfg, d: Dist):
     """(train rows, train ids, test rows, test ids) for the task; over-long prompts dropped and counted."""
-    if cfg.critic:
-        make = lambda n, s: [r for r, _, _ in genrm.make_toy_critic_rows(n, s)]  # noqa: E731
-        test = make(cfg.eval_prompts or 256, cfg.seed + 1) if cfg.test_data == "toy" else None
-        train = make(4000, cfg.seed) if cfg.data == "toy" else data.load_rows(cfg.data)
-    else:
-        test = data.toy_rows(cfg.eval_prompts or 256, cfg.seed + 1) if cfg.test_data == "toy" else None
-        train = data.toy_rows(20000, cfg.seed, {r.prompt[0]["content"] for r in test or []}) if cfg.data == "toy" else data.load_rows(cfg.data)
+    train, test = toy.task_rows(cfg.task, cfg.seed, cfg.eval_prompts or toy.TEST_ROWS) if "toy" in (cfg.data, cfg.test_data) else (None, None)
+    train = train if cfg.data == "toy" else data.load_rows(cfg.data)
+    test = test if cfg.test_data == "toy" else None
     if test is None and cfg.test_data != "none":
         test = data.load_rows(cfg.test_data)[: cfg.eval_prompts or None]
     if cfg.critic:
@@ -534,6 +519,8 @@ def main(argv=None):
         evaluate = lambda tag: evaluate_critic(model, test, test_ids, cfg, d, tag) if test else {"eval": tag}  # noqa: E731
     else:
         judge, ready = make_judge(cfg, d, cfg.genrm)
+        if cfg.data == "toy" and cfg.genrm not in ("none", "oracle"):
+            judge = toy.AuditedJudge(judge)
         # eval measures the flawed ratio with the oracle on toy data (the truth), else with the training GenRM
         ej, eready = make_judge(cfg, d, "oracle") if cfg.test_data == "toy" else (judge, ready)
         evaluate = lambda tag: evaluate_policy(model, test, test_ids, cfg, d, ej, eready, tag) if test else {"eval": tag}  # noqa: E731

@@ -1,4 +1,4 @@
-"""Tests for data.py: row loading, box reading, DAPO normalisation, the verifier, steps, the toy task."""
+"""Tests for data.py: row loading, box reading, DAPO normalisation, the verifier, steps."""
 import json
 import random
 
@@ -123,52 +123,3 @@ def test_split_steps():
     assert split_steps("a\nb\n\n\n\n  c  ") == ["a\nb", "c"]
     assert split_steps("") == [] and split_steps("\n\n \n") == []
     assert split_steps("x\r\n\r\ny") == ["x", "y"]
-
-
-# ---- toy task ----
-
-
-def test_toy_problem_and_solution():
-    rng = random.Random(0)
-    for _ in range(300):
-        p = data.make_toy_problem(rng)
-        assert 2 <= len(p.ops) <= 3 and all(v >= 0 for v in p.running_values())
-        assert data.parse_toy_problem(p.text) == p
-        clean = data.toy_solution(p)
-        assert data.toy_first_error(p, split_steps(clean)) == -1
-        assert verify(clean, str(p.answer))[0]
-        flawed = data.toy_solution(p, rng, flawed=True)
-        assert verify(flawed, str(p.answer))[0], "a flaw must keep the final answer right"
-        assert 0 <= data.toy_first_error(p, split_steps(flawed)) < len(p.ops)
-
-
-def test_toy_first_error_cases():
-    p = data.parse_toy_problem("8+6-4+9")
-    assert data.toy_solution_steps(p) == ["8+6=14", "14-4=10", "10+9=19", "\\boxed{19}"]
-    fe = data.toy_first_error
-    assert fe(p, ["8+6=14", "14-4=10", "10+9=19", "\\boxed{19}"]) == -1
-    assert fe(p, ["8+6=15", "14-4=10", "10+9=19", "\\boxed{19}"]) == 0   # slip
-    assert fe(p, ["8+6=14", "14-4=10", "10+8=19", "\\boxed{19}"]) == 2   # miscopy
-    assert fe(p, ["8+6=14", "15-4=11", "11+9=20", "\\boxed{20}"]) == 1   # wrong carried value
-    assert fe(p, ["8+6=14", "14-4=10", "\\boxed{10}"]) == 2              # a step missing
-    assert fe(p, ["8+6=14", "14-4=10", "10+9=19"]) == 2                  # no answer paragraph
-    assert fe(p, ["8+6=14", "14-4=10", "10+9=19", "\\boxed{18}"]) == 3
-    assert fe(p, ["8+6=14", "14-4=10", "10+9=19", "\\boxed{19}", "extra"]) == 4
-    assert fe(p, []) == 0
-    with pytest.raises(ValueError):
-        data.parse_toy_problem("__import__('os')")
-
-
-def test_toy_tokenizer_roundtrip(tmp_path):
-    tok = data.make_toy_tokenizer()
-    text = "8+6=14\n\n14-4=10\n\n\\boxed{10}"
-    ids = tok(text, add_special_tokens=False)["input_ids"]
-    assert tok.decode(ids) == text and tok.unk_token_id not in ids
-    assert tok.convert_ids_to_tokens(ids)[6] == "\n\n"
-    chat = tok.apply_chat_template([{"role": "user", "content": "8+6"}], add_generation_prompt=True, tokenize=False)
-    assert chat == "<|im_start|>user\n8+6<|im_end|>\n<|im_start|>assistant\n"
-    assert tok.eos_token == "<|im_end|>" and tok.pad_token_id != tok.eos_token_id
-    tok.save_pretrained(tmp_path)
-    from transformers import AutoTokenizer
-    again = AutoTokenizer.from_pretrained(tmp_path)
-    assert again(text, add_special_tokens=False)["input_ids"] == ids

@@ -1,7 +1,7 @@
 """Tests for fapo.py: the per-rollout reward, DAPO's overlong penalty, batch scoring with a GenRM."""
 import pytest
 
-from fapo import fapo_reward, oracle_genrm, overlong_penalty, score_rollouts
+from fapo import fapo_reward, overlong_penalty, score_rollouts
 
 
 def test_fapo_reward():
@@ -38,7 +38,8 @@ def test_score_rollouts_asks_only_about_correct():
     assert asked == [["a", "\\boxed{3}"], ["c", "d", "\\boxed{3}"], ["\\boxed{3}"]]
     assert s.flagged == [True, None, False, None]
     assert s.rewards == [0.0, -1.0, 1.0, 1.0]
-    assert s.counts == {"n": 4, "correct": 3, "judged": 3, "flagged": 1, "unparseable": 1}
+    assert s.counts == {"n": 4, "correct": 3, "judged": 3, "flagged": 1, "unparseable": 1, "judge_failed": 0}
+    assert s.first_error == [1, None, -1, None]
     base = score_rollouts(responses, ["3"] * 4, ["p"] * 4, genrm=None)
     assert base.rewards == [1.0, -1.0, 1.0, 1.0] and base.counts["judged"] == 0
 
@@ -49,22 +50,3 @@ def test_score_rollouts_overlong_and_bad_genrm():
     assert s.rewards == [1.0, -2.0]
     with pytest.raises(ValueError, match="verdicts"):
         score_rollouts(["\\boxed{1}"], ["1"], ["p"], genrm=lambda *a: [])
-
-
-def test_oracle_genrm():
-    got = oracle_genrm(["8+6-4+9", "8+6-4+9", "not a problem"], ["19"] * 3,
-                       [["8+6=14", "14-4=10", "10+9=19", "\\boxed{19}"],
-                        ["8+6=14", "14-4=11", "10+9=19", "\\boxed{19}"], ["x"]])
-    assert got == [-1, 1, None]
-
-
-def test_score_rollouts_audits_a_genrm_against_an_oracle():
-    from fapo import pass_at_k, rollout_metrics
-    responses = ["8+6=15\n\n\\boxed{14}", "8+6=14\n\n\\boxed{14}", "8+6=14\n\n\\boxed{14}", "\\boxed{3}"]
-    always_clean = lambda problems, gts, steps: [-1] * len(steps)  # noqa: E731
-    s = score_rollouts(responses, ["14"] * 4, ["8+6"] * 4, genrm=always_clean, oracle=oracle_genrm)
-    assert s.counts["oracle_flagged"] == 1 and s.counts["agree"] == 2 and s.counts["flagged"] == 0
-    m = rollout_metrics(s.counts)
-    assert m["oracle_flawed_ratio"] == pytest.approx(1 / 3) and m["judge_agreement"] == pytest.approx(2 / 3)
-    assert m["acc"] == 0.75 and m["flawed_ratio"] == 0.0
-    assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 3, 2) == 1.0 and pass_at_k(4, 1, 2) == pytest.approx(0.5)

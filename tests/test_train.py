@@ -17,6 +17,7 @@ sys.path.insert(0, ROOT)
 
 import data  # noqa: E402
 import grpo  # noqa: E402
+import toy  # noqa: E402
 import train  # noqa: E402
 
 
@@ -25,7 +26,7 @@ def fixed_samples(tok, n=8, seed=0):
     rng = random.Random(seed)
     out = []
     for i in range(n):
-        prompt = data.encode_prompt(tok, data.toy_row(data.make_toy_problem(rng)).prompt)
+        prompt = data.encode_prompt(tok, toy.problem_row(toy.make_problem(rng)).prompt)
         response = [rng.randrange(4, len(tok)) for _ in range(rng.choice([1, 3, 9, 20]))]
         out.append({"prompt": prompt, "response": response, "adv": rng.uniform(-2, 2), "weight": 1.0})
     return out
@@ -42,8 +43,8 @@ def update_cfg(tok, **kw):
 def sgd_update(samples, world_rank=(1, 0), **kw):
     """One policy_update with SGD(lr=1): the parameter change is exactly minus the gradient."""
     d = train.Dist()
-    tok = data.make_toy_tokenizer()
-    model = train.shard(train.build_toy_model(tok, seed=3), d, torch.float32)
+    tok = toy.tokenizer()
+    model = train.shard(toy.build_model(tok, seed=3), d, torch.float32)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
     mine = samples[d.rank::d.world]
     stats = grpo.policy_update(model, opt, mine, update_cfg(tok, **kw), d)
@@ -52,12 +53,12 @@ def sgd_update(samples, world_rank=(1, 0), **kw):
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
 def test_micro_batch_count_does_not_change_the_update(agg):
-    tok = data.make_toy_tokenizer()
+    tok = toy.tokenizer()
     samples = fixed_samples(tok)
     sd1, st1, _ = sgd_update(samples, micro_batch=1, loss_agg=agg)
     sd8, st8, _ = sgd_update(samples, micro_batch=8, loss_agg=agg)
     sd3, _, _ = sgd_update(samples, micro_batch=3, loss_agg=agg)
-    init = train.build_toy_model(tok, seed=3).state_dict()
+    init = toy.build_model(tok, seed=3).state_dict()
     moved = max((sd8[k] - init[k]).abs().max().item() for k in sd8)
     assert moved > 1e-3  # the update is not vacuous
     for k in sd1:
@@ -67,7 +68,7 @@ def test_micro_batch_count_does_not_change_the_update(agg):
 
 
 def test_mini_batches_recompute_old_logprobs():
-    tok = data.make_toy_tokenizer()
+    tok = toy.tokenizer()
     samples = fixed_samples(tok)
     sd, st, _ = sgd_update(samples, mini_batches=2, micro_batch=3)
     # two SGD updates of lr 1 on a tiny model: the second sees a moved policy, so ratios leave 1
@@ -93,7 +94,7 @@ def test_two_processes_equal_one(tmp_path):
 
 def _worker(out):
     torch.set_num_threads(1)
-    tok = data.make_toy_tokenizer()
+    tok = toy.tokenizer()
     sd, st, d = sgd_update(fixed_samples(tok), micro_batch=2)
     if d.main:
         torch.save({"params": sd, "loss": st["loss"]}, out)
@@ -124,7 +125,7 @@ def test_end_to_end_demo_checkpoint_and_resume(tmp_path):
         assert key in steps[0], key
     assert any(m.get("eval") == "step2" for m in rl)
     from transformers import AutoModelForCausalLM
-    init = train.build_toy_model(data.make_toy_tokenizer(), seed=0)
+    init = toy.build_model(toy.tokenizer(), seed=0)
     loaded = AutoModelForCausalLM.from_pretrained(os.path.join(out, "rl", "ckpt"))
     assert any(not torch.equal(a, b) for a, b in zip(init.state_dict().values(), loaded.state_dict().values()))
     state = torch.load(os.path.join(out, "rl", "ckpt", "trainer_state.pt"), weights_only=True)
@@ -150,8 +151,8 @@ def test_garbage_genrm_is_counted_not_fatal():
     """An untrained GenRM writes garbage: its verdicts are unparseable, counted, and not flags."""
     import fapo
     import genrm
-    tok = data.make_toy_tokenizer()
-    judge = genrm.ModelJudge(train.build_toy_model(tok, seed=1).eval(), tok, max_new_tokens=12, temperature=1.0)
+    tok = toy.tokenizer()
+    judge = genrm.ModelJudge(toy.build_model(tok, seed=1).eval(), tok, max_new_tokens=12, temperature=1.0)
     s = fapo.score_rollouts(["8+6=14\n\n\\boxed{14}"] * 4 + ["\\boxed{1}"], ["14"] * 5, ["8+6"] * 5, genrm=judge)
     assert s.counts["judged"] == 4 and s.counts["unparseable"] >= 3
     assert s.rewards[:4] == [0.0 if f else 1.0 for f in s.flagged[:4]] and s.rewards[4] == -1.0
