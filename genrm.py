@@ -116,14 +116,16 @@ def check_critic_rows(rows: list[Row], path: str) -> None:
                              f"in -1..{n - 1}, got {r.ground_truth!r}")
 
 
-def critic_rewards(rows: list[Row], texts: list[str]) -> tuple[list, dict]:
+def critic_rewards(rows: list[Row], texts: list[str]) -> tuple[list, dict, list]:
     """GenRM rollouts scored against their rows (label = ground_truth, n = extra_info.total_steps):
-    the rewards, and sums for logging (outcome, process, verdicts right, parse failures, |t - t*|)."""
-    rewards, sums = [], {"n": len(rows), "outcome": 0.0, "process": 0.0, "verdict_right": 0, "parse_fail": 0,
+    the rewards, sums for logging (outcome, process, verdicts right, parse failures, |t - t*|), and
+    the parsed verdicts."""
+    preds, rewards, sums = [], [], {"n": len(rows), "outcome": 0.0, "process": 0.0, "verdict_right": 0, "parse_fail": 0,
                          "loc_err": 0.0, "both_flawed": 0}
     for r, t in zip(rows, texts):
         n = r.extra_info["total_steps"]
         pred = parse_index(t, n)
+        preds.append(pred)
         outcome, process = genrm_reward_parts(pred, r.ground_truth, n)
         rewards.append(outcome + process)
         sums["outcome"] += outcome
@@ -133,7 +135,7 @@ def critic_rewards(rows: list[Row], texts: list[str]) -> tuple[list, dict]:
         if pred is not None and pred != -1 and r.ground_truth != -1:
             sums["both_flawed"] += 1
             sums["loc_err"] += abs(pred - r.ground_truth)
-    return rewards, sums
+    return rewards, sums, preds
 
 
 def critic_batch_metrics(s: dict) -> dict:

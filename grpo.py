@@ -13,7 +13,7 @@ arXiv 2510.22543, trained with):
   aggregation  token-mean               sum_t m l / sum_t m
                seq-mean-token-sum       mean_i  sum_t m l
                seq-mean-token-mean      mean_i (sum_t m l / sum_t m)
-               seq-mean-token-sum-norm  sum_i sum_t m l / T           (Dr. GRPO)
+               seq-mean-token-sum-norm  sum_i sum_t m l / (N L)       (Dr. GRPO: N sequences, L a constant length)
   KL           k1 = logp - ref,  k2 = (logp - ref)^2 / 2,
                k3 = exp(ref - logp) - (ref - logp) - 1              (Schulman's low-var)
 
@@ -32,6 +32,7 @@ Usage:
 """
 import math
 from collections import defaultdict
+from dataclasses import dataclass
 
 import torch
 
@@ -98,8 +99,11 @@ def aggregate(loss_mat, mask, agg="token-mean", normalizer=None):
     row_sums = (loss_mat * mask).sum(-1)  # (B,)
     row_counts = mask.sum(-1)             # (B,)
     if agg == "seq-mean-token-sum-norm":
-        # Dr. GRPO: a constant divisor (verl: mask.shape[-1], ideally max_response_length).
-        den = mask.shape[-1] if normalizer is None else normalizer
+        # Dr. GRPO: mean over sequences of (token sum / L), L a constant (here the padded width T; in
+        # policy_update max_response_len). verl's agg_loss divides a micro-batch's sum by L only and gets
+        # the mean over sequences from averaging micro-batches and ranks: the same for equal-sized
+        # micro-batches up to the constant micro-batch size, which we do not let into the gradient.
+        den = (row_counts > 0).sum() * mask.shape[-1] if normalizer is None else normalizer
         return _safe_div(row_sums.sum(), den)
     if agg == "seq-mean-token-sum":
         rows = row_sums
@@ -112,18 +116,20 @@ def aggregate(loss_mat, mask, agg="token-mean", normalizer=None):
     return _safe_div(rows.sum(), den)
 
 
-def global_normalizer(masks, agg="token-mean"):
+def global_normalizer(masks, agg="token-mean", max_len=None):
     """The normalizer to pass to every micro-batch of one optimizer step (a python float):
-    total token count (token-mean), non-empty row count (seq-mean-*), or the largest padded
-    length T (seq-mean-token-sum-norm). Sum it over ranks (all_reduce) in data parallel."""
+    total token count (token-mean), non-empty row count (seq-mean-*), or non-empty row count x L
+    (seq-mean-token-sum-norm; L = max_len, default the largest padded length T). In data parallel,
+    sum the counts over ranks (all_reduce) before multiplying by L."""
     if isinstance(masks, torch.Tensor):
         masks = [masks]
+    rows = float(sum((m.sum(-1) > 0).sum().item() for m in masks))
     if agg == "token-mean":
         return float(sum(m.sum().item() for m in masks))
     if agg in ("seq-mean-token-sum", "seq-mean-token-mean"):
-        return float(sum((m.sum(-1) > 0).sum().item() for m in masks))
+        return rows
     if agg == "seq-mean-token-sum-norm":
-        return float(max(m.shape[-1] for m in masks))
+        return rows * float(max_len or max(m.shape[-1] for m in masks))
     raise ValueError(f"unknown agg {agg!r}, expected one of {AGG_MODES}")
 
 
@@ -280,39 +286,110 @@ def chunks(seq, size):
     return [seq[i:i + size] for i in range(0, len(seq), size)]
 
 
+def pack_by_tokens(samples, budget):
+    """Micro-batches of samples whose padded size rows x (longest prompt + longest response) stays
+    under `budget` tokens (verl's dynamic batch size): longest first, greedy. A sample longer than the
+    budget alone gets a micro-batch of its own (never dropped)."""
+    order = sorted(range(len(samples)), key=lambda i: -(len(samples[i].prompt) + len(samples[i].response)))
+    out, cur, p_max, r_max = [], [], 0, 0
+    for i in order:
+        p, r = max(p_max, len(samples[i].prompt)), max(r_max, len(samples[i].response))
+        if cur and (len(cur) + 1) * (p + r) > budget:
+            out.append(cur)
+            cur, p, r = [], len(samples[i].prompt), len(samples[i].response)
+        cur.append(samples[i])
+        p_max, r_max = p, r
+    return out + ([cur] if cur else [])
+
+
+def micro_batches(samples, rows, tokens, world):
+    """Split one mini-batch into micro-batches: by `tokens` (padded tokens) when > 0, else by `rows`. Every
+    rank gets the same number (FSDP2's collectives need equal forward/backward counts): a rank short of
+    the maximum runs zero-weight copies of a sample, which add nothing to the gradient."""
+    mbs = pack_by_tokens(samples, tokens) if tokens > 0 else chunks(samples, rows)
+    target = int(world.max([len(mbs)])[0])
+    filler = Sample(samples[0].prompt[:1], samples[0].response[:1], 0.0, weight=0.0) if samples else None
+    return mbs + [[filler] for _ in range(target - len(mbs))]
+
+
 # ---- the update: exact global token-mean over micro-batches and ranks ----
 
-def policy_update(model, optimizer, samples, cfg, d, ref_model=None):
-    """One step of GRPO updates on this rank's samples (dicts: prompt and response ids, adv, weight
-    (0 for padding rows)); cfg carries the loss settings (train.py's config); d is anything with
-    .world, .device and .sum(list) -> list, an all-reduce (train.Dist). Every rank passes the same
-    number of samples, so every rank runs the same number of forward/backward passes (FSDP's
-    collectives need that). Returns global stats."""
+
+@dataclass
+class Sample:
+    """One rollout to learn from."""
+    prompt: list            # prompt token ids
+    response: list          # the sampled response ids, trained on as sampled (never re-tokenised)
+    advantage: float | list  # one per sequence (GRPO), or one per response token
+    weight: float = 1.0     # 0 for rows that only pad a rank's batch (FSDP needs equal pass counts)
+    old_logp: torch.Tensor | None = None  # filled by policy_update when mini_batches > 1
+
+
+@dataclass
+class UpdateSettings:
+    """Everything policy_update needs to know (train.py builds it from its config)."""
+    pad_id: int
+    temperature: float = 1.0       # the sampling temperature: log-probs are of the distribution sampled from
+    mini_batches: int = 1          # optimizer updates per step (> 1 recomputes the pre-update log-probs)
+    micro_batch: int = 64          # rows per forward/backward (when micro_batch_tokens is 0)
+    micro_batch_tokens: int = 0    # padded tokens per forward/backward of the update (verl: ppo_max_token_len)
+    logprob_batch_tokens: int = 0  # the same for the no-grad log-prob passes (old policy, reference)
+    loss_agg: str = "token-mean"
+    clip_low: float = 0.2
+    clip_high: float = 0.28
+    clip_c: float = 10.0
+    grad_clip: float = 1.0
+    kl_coef: float = 0.0           # KL-to-reference loss (0: no reference pass)
+    kl_kind: str = "k3"
+    max_response_len: int | None = None  # Dr. GRPO's constant L
+
+
+def _advantages(mb, R, device):
+    """(B,) for per-sequence advantages, (B, R) when any sample has per-token ones."""
+    if all(isinstance(s.advantage, (int, float)) for s in mb):
+        return torch.tensor([float(s.advantage) for s in mb], dtype=torch.float32, device=device)
+    rows = [[float(s.advantage)] * len(s.response) if isinstance(s.advantage, (int, float)) else list(s.advantage)
+            for s in mb]
+    return torch.tensor([r + [0.0] * (R - len(r)) for r in rows], dtype=torch.float32, device=device)
+
+
+def _normalizer(mini, cfg: UpdateSettings, world):
+    """The whole mini-batch's token (or sequence) count over all ranks: the exact global mean."""
+    masks = [torch.full((1, len(s.response)), float(s.weight)) for s in mini]
+    if cfg.loss_agg == "seq-mean-token-sum-norm":
+        return world.sum([global_normalizer(masks, "seq-mean-token-mean")])[0] * cfg.max_response_len
+    return world.sum([sum(global_normalizer(m, cfg.loss_agg) for m in masks)])[0]
+
+
+@torch.no_grad()
+def store_old_logprobs(model, samples, cfg: UpdateSettings, world):
+    """Log-probs of the policy before this step's first update (the ratio's denominator)."""
+    for mb in micro_batches(samples, cfg.micro_batch, cfg.logprob_batch_tokens, world):
+        batch, R = collate([s.prompt for s in mb], [s.response for s in mb], cfg.pad_id, world.device)
+        old, _ = response_logprobs(model, batch, R, cfg.temperature)
+        for s, row in zip(mb, old):
+            s.old_logp = row[: len(s.response)].cpu()
+
+
+def policy_update(model, optimizer, samples, cfg: UpdateSettings, world, ref_model=None):
+    """One step of GRPO updates on this rank's samples. world: anything with .size, .device, .sum(list)
+    and .max(list) (all-reduces; fsdp.World). Every rank must call it (FSDP collectives). Returns
+    global stats; an update whose gradient norm is not finite is skipped and counted."""
     stats = {"loss": 0.0, "clipfrac": 0.0, "clipfrac_lower": 0.0, "ppo_kl": 0.0, "entropy": 0.0, "kl": 0.0, "n_micro": 0}
-    pad = cfg.pad_id
     if cfg.mini_batches > 1:  # several updates per step: the ratio needs the pre-update policy
-        with torch.no_grad():
-            for mb in chunks(samples, cfg.micro_batch):
-                batch, R = collate([s["prompt"] for s in mb], [s["response"] for s in mb], pad, d.device)
-                old, _ = response_logprobs(model, batch, R, cfg.temperature)
-                for s, row, m in zip(mb, old, batch["mask"]):
-                    s["old_logp"] = row[: int(m.sum())].cpu()
-    grad_norms = []
+        store_old_logprobs(model, samples, cfg, world)
+    grad_norms, skipped = [], 0
     for mini in chunks(samples, math.ceil(len(samples) / cfg.mini_batches)):
-        if cfg.loss_agg == "seq-mean-token-sum-norm":  # Dr. GRPO: mean over sequences of (token sum / L_max)
-            normalizer = d.sum([sum(s["weight"] > 0 for s in mini)])[0] * cfg.max_response_len
-        else:  # the whole mini-batch's token (or sequence) count, over all ranks
-            masks = [torch.full((1, len(s["response"])), float(s["weight"])) for s in mini]
-            normalizer = d.sum([sum(global_normalizer(m, cfg.loss_agg) for m in masks)])[0]
-        for mb in chunks(mini, cfg.micro_batch):
-            batch, R = collate([s["prompt"] for s in mb], [s["response"] for s in mb], pad, d.device)
-            mask = batch["mask"] * torch.tensor([s["weight"] for s in mb], device=d.device)[:, None]
-            logp, ent = response_logprobs(model, batch, R, cfg.temperature, want_entropy=True)
+        normalizer = _normalizer(mini, cfg, world)
+        for mb in micro_batches(mini, cfg.micro_batch, cfg.micro_batch_tokens, world):
+            batch, R = collate([s.prompt for s in mb], [s.response for s in mb], cfg.pad_id, world.device)
+            mask = batch["mask"] * torch.tensor([s.weight for s in mb], device=world.device)[:, None]  # (B, R)
+            logp, ent = response_logprobs(model, batch, R, cfg.temperature, want_entropy=True)   # (B, R)
             old = logp.detach() if cfg.mini_batches == 1 else torch.nn.utils.rnn.pad_sequence(
-                [s["old_logp"] for s in mb], batch_first=True).to(d.device)[:, :R]
-            adv = torch.tensor([s["adv"] for s in mb], dtype=torch.float32, device=d.device)
-            loss, st = policy_loss(logp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.clip_c,
-                                   cfg.loss_agg, normalizer)
+                [s.old_logp if s.old_logp is not None else torch.zeros(len(s.response)) for s in mb],
+                batch_first=True).to(world.device)[:, :R]
+            loss, st = policy_loss(logp, old, _advantages(mb, R, world.device), mask, cfg.clip_low, cfg.clip_high,
+                                   cfg.clip_c, cfg.loss_agg, normalizer)
             if ref_model is not None:
                 with torch.no_grad():
                     ref, _ = response_logprobs(ref_model, batch, R, cfg.temperature)
@@ -320,37 +397,45 @@ def policy_update(model, optimizer, samples, cfg, d, ref_model=None):
                 loss = loss + cfg.kl_coef * kl
                 stats["kl"] += kl.item()
             # FSDP averages gradients over ranks; the normaliser is already global, so undo the average
-            (loss * d.world).backward()
+            (loss * world.size).backward()
             stats["loss"] += loss.item()
             for k in ("clipfrac", "clipfrac_lower", "ppo_kl"):
                 stats[k] += st[k]
             stats["entropy"] += masked_mean(ent, mask).item()
             stats["n_micro"] += 1
-        grad_norms.append(optimizer_step(model, optimizer, cfg.grad_clip))
+        norm = optimizer_step(model, optimizer, cfg.grad_clip)
+        grad_norms.append(norm)
+        skipped += not math.isfinite(norm)
     # loss and kl are sums of globally normalised parts: add them over ranks; average the rest
     n = max(stats.pop("n_micro"), 1)
     keys = ["clipfrac", "clipfrac_lower", "ppo_kl", "entropy"]
-    tot = d.sum([stats["loss"], stats["kl"]] + [stats[k] / n / d.world for k in keys])
+    tot = world.sum([stats["loss"], stats["kl"]] + [stats[k] / n / world.size for k in keys])
     return {"loss": tot[0] / cfg.mini_batches, "kl": tot[1] / cfg.mini_batches, **dict(zip(keys, tot[2:])),
-            "grad_norm": sum(grad_norms) / len(grad_norms)}
+            "grad_norm": sum(grad_norms) / len(grad_norms), "skipped_updates": skipped}
 
 
 def optimizer_step(model, optimizer, grad_clip):
+    """Clip and step; a non-finite gradient norm (NaN/Inf loss or overflow) skips the step, so bad
+    numbers never reach the weights. Returns the norm (NaN/Inf when skipped)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    norm = norm.full_tensor() if hasattr(norm, "full_tensor") else norm  # a DTensor under FSDP2
-    optimizer.step()
+    norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # a DTensor under FSDP2
+    if math.isfinite(norm):
+        optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return norm.item()
+    return norm
 
 
-def sft_update(model, optimizer, pairs, cfg, d):
+def sft_update(model, optimizer, pairs, cfg: UpdateSettings, world):
     """Cross-entropy on response tokens, token-mean over the whole global batch."""
-    n_tok = d.sum([float(sum(len(r) for _, r in pairs))])[0]
+    n_tok = world.sum([float(sum(len(r) for _, r in pairs))])[0]
     total = 0.0
-    for mb in chunks(pairs, cfg.micro_batch):
-        batch, R = collate([x for x, _ in mb], [y for _, y in mb], cfg.pad_id, d.device)
+    samples = [Sample(x, y, 0.0) for x, y in pairs]
+    for mb in micro_batches(samples, cfg.micro_batch, cfg.micro_batch_tokens, world):
+        batch, R = collate([s.prompt for s in mb], [s.response for s in mb], cfg.pad_id, world.device)
+        mask = batch["mask"] * torch.tensor([s.weight for s in mb], device=world.device)[:, None]
         logp, _ = response_logprobs(model, batch, R, 1.0)
-        loss = -(logp * batch["mask"]).sum() / n_tok
-        (loss * d.world).backward()
+        loss = -(logp * mask).sum() / n_tok
+        (loss * world.size).backward()
         total += loss.item()
-    return {"loss": d.sum([total])[0], "grad_norm": optimizer_step(model, optimizer, cfg.grad_clip)}
+    norm = optimizer_step(model, optimizer, cfg.grad_clip)
+    return {"loss": world.sum([total])[0], "grad_norm": norm, "skipped_updates": int(not math.isfinite(norm))}

@@ -104,7 +104,8 @@ def test_majority_vote():
 def test_critic_rewards_sums():
     from data import Row
     rows = [Row("p", -1, {"total_steps": 4}), Row("p", 2, {"total_steps": 4}), Row("p", 1, {"total_steps": 4})]
-    rewards, sums = genrm.critic_rewards(rows, ["\\boxed{-1}", "\\boxed{0}", "no verdict"])
+    rewards, sums, preds = genrm.critic_rewards(rows, ["\\boxed{-1}", "\\boxed{0}", "no verdict"])
+    assert preds == [-1, 0, None]
     assert rewards == [1.0, 0.5, -1.0]
     assert sums == {"n": 3, "outcome": 1.0, "process": -0.5, "verdict_right": 2, "parse_fail": 1, "loc_err": 2.0,
                     "both_flawed": 1}

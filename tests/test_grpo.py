@@ -131,7 +131,9 @@ def _loop_agg(per_token, mask, agg):
             rows.append(sum(toks) if toks else 0.0)
         elif toks:  # fully masked rows are not counted
             rows.append(sum(toks) / (len(toks) if agg == "seq-mean-token-mean" else 1))
-    return sum(rows) / (T if agg == "seq-mean-token-sum-norm" else len(rows))
+    if agg == "seq-mean-token-sum-norm":  # Dr. GRPO: mean over non-empty sequences of token sum / T
+        return sum(rows) / (T * sum(1 for i in range(B) if mask[i].sum() > 0))
+    return sum(rows) / len(rows)
 
 
 @pytest.mark.parametrize("agg", grpo.AGG_MODES)
@@ -219,7 +221,8 @@ def test_global_normalizer_counts():
     assert global_normalizer([m1, m2], "token-mean") == 6.0
     assert global_normalizer([m1, m2], "seq-mean-token-mean") == 2.0
     assert global_normalizer([m1, m2], "seq-mean-token-sum") == 2.0
-    assert global_normalizer([m1, m2], "seq-mean-token-sum-norm") == 5.0
+    assert global_normalizer([m1, m2], "seq-mean-token-sum-norm") == 2 * 5.0  # 2 non-empty rows x T
+    assert global_normalizer([m1, m2], "seq-mean-token-sum-norm", max_len=48) == 2 * 48.0
     with pytest.raises(ValueError):
         global_normalizer([m1], "sum")
 

@@ -7,7 +7,6 @@ import os
 import random
 import subprocess
 import sys
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -16,6 +15,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import data  # noqa: E402
+import fsdp  # noqa: E402
 import grpo  # noqa: E402
 import toy  # noqa: E402
 import train  # noqa: E402
@@ -28,27 +28,27 @@ def fixed_samples(tok, n=8, seed=0):
     for i in range(n):
         prompt = data.encode_prompt(tok, toy.problem_row(toy.make_problem(rng)).prompt)
         response = [rng.randrange(4, len(tok)) for _ in range(rng.choice([1, 3, 9, 20]))]
-        out.append({"prompt": prompt, "response": response, "adv": rng.uniform(-2, 2), "weight": 1.0})
+        out.append(grpo.Sample(prompt, response, rng.uniform(-2, 2)))
     return out
 
 
 def update_cfg(tok, **kw):
-    base = dict(pad_id=tok.pad_token_id, temperature=0.9, mini_batches=1, micro_batch=2, loss_agg="token-mean",
-                clip_low=0.2, clip_high=0.28, clip_c=10.0, grad_clip=1e9, kl_coef=0.0, kl_kind="k3",
-                max_response_len=48)
+    base = dict(pad_id=tok.pad_token_id, temperature=0.9, mini_batches=1, micro_batch=2, micro_batch_tokens=0,
+                loss_agg="token-mean", clip_low=0.2, clip_high=0.28, clip_c=10.0, grad_clip=1e9, kl_coef=0.0,
+                kl_kind="k3", max_response_len=48)
     base.update(kw)
-    return SimpleNamespace(**base)
+    return grpo.UpdateSettings(**base)
 
 
 def sgd_update(samples, world_rank=(1, 0), **kw):
     """One policy_update with SGD(lr=1): the parameter change is exactly minus the gradient."""
-    d = train.Dist()
+    d = fsdp.World()
     tok = toy.tokenizer()
-    model = train.shard(toy.build_model(tok, seed=3), d, torch.float32)
+    model = fsdp.shard(toy.build_model(tok, seed=3), d, torch.float32)
     opt = torch.optim.SGD(model.parameters(), lr=1.0)
-    mine = samples[d.rank::d.world]
+    mine = samples[d.rank::d.size]
     stats = grpo.policy_update(model, opt, mine, update_cfg(tok, **kw), d)
-    return train.full_state_dict(model), stats, d
+    return fsdp.full_state_dict(model), stats, d
 
 
 @pytest.mark.parametrize("agg", ["token-mean", "seq-mean-token-mean", "seq-mean-token-sum", "seq-mean-token-sum-norm"])
@@ -98,6 +98,7 @@ def _worker(out):
     sd, st, d = sgd_update(fixed_samples(tok), micro_batch=2)
     if d.main:
         torch.save({"params": sd, "loss": st["loss"]}, out)
+    torch.distributed.barrier()  # nobody tears the group down while a peer still talks to it
     torch.distributed.destroy_process_group()
 
 
@@ -143,7 +144,7 @@ def test_missing_ground_truth_fails_fast(tmp_path):
     good = {"prompt": [{"role": "user", "content": "1+2"}], "reward_model": {"ground_truth": "3"}}
     bad.write_text(json.dumps(good) + "\n" + json.dumps({"prompt": "1+1", "reward_model": {}}) + "\n")
     with pytest.raises(ValueError, match=r"row 2: field 'reward_model.ground_truth'"):
-        train.main(["--task", "rl", "--data", str(bad), "--out", str(tmp_path / "o"), "--no-progress"])
+        train.main(["--task", "rl", "--data", str(bad), "--genrm", "none", "--out", str(tmp_path / "o"), "--no-progress"])
     torch.distributed.destroy_process_group()
 
 
@@ -167,7 +168,7 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
     of groups) and 2 mini-batches: no deadlock, metrics written once."""
     out = str(tmp_path / "run2")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-           str(30500 + random.randrange(1000)), "train.py", "--out", out, "--dynamic-sampling", "--mini-batches", "2"] + TINY
+           str(30500 + random.randrange(1000)), "train.py", "--out", out, "--dynamic-sampling", "--mini-batch-prompts", "2"] + TINY
     r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rl = [m for m in read_jsonl(os.path.join(out, "rl", "metrics.jsonl")) if "eval" not in m]
