@@ -1,0 +1,251 @@
+"""tests/genrm_server.py -- a stand-in for vLLM / SGLang: an OpenAI-compatible GenRM endpoint on 127.0.0.1.
+
+It answers POST /v1/chat/completions (and GET /v1/models) with the toy checker's critiques (the prompt is
+read back with genrm.parse_genrm_prompt, then toy.critique) or with a toy GenRM model's greedy decode
+(transformers, through sampler.generate; requests that arrive together are decoded as one batch).
+
+    with GenRMServer() as server:                    # the checker; port 0 = a free port
+        judge = genrm.HTTPJudge(server.url, "toy", max_tokens=96)
+    with GenRMServer(model_dir="out/genrm/rl/ckpt"):  # a learned toy GenRM
+
+It can be told to misbehave (attributes, changeable while it runs): slow = S seconds of sleep before
+each answer; and for the first K requests (K < 0: every request), in this order of precedence:
+    fail=K       HTTP 500
+    drop=K       close the connection without a response
+    malformed=K  HTTP 200 whose body is not JSON
+    garbage=K    a valid completion whose content has no \\boxed{}
+served_model="NAME" answers 404 to any other model name, as vLLM does.
+
+As a script (stops by itself after --max-seconds, default 3600):
+
+    python tests/genrm_server.py --port 8011 [--model DIR] [--served-model-name NAME]
+                                 [--slow S] [--fail K] [--drop K] [--malformed K] [--garbage K]
+"""
+import json
+import os
+import queue
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo's flat modules
+
+import genrm  # noqa: E402
+import toy  # noqa: E402
+from data import encode_prompt  # noqa: E402
+
+MODES = ("fail", "drop", "malformed", "garbage")  # checked in this order
+
+# ---- answers: the checker, or a model ----
+
+
+class CheckerAnswers:
+    """The exact checker's critique of a GenRM prompt (toy problems only; anything else: no verdict)."""
+
+    def __init__(self):
+        self.tok = toy.tokenizer()  # only to report token counts in `usage`
+
+    def complete(self, messages, max_tokens, temperature, top_p) -> tuple[str, int, int]:
+        try:
+            problem, _, steps = genrm.parse_genrm_prompt(messages[-1]["content"])
+            text = toy.critique(toy.parse_problem(problem), steps)
+        except ValueError:
+            text = "This is not a toy problem: no verdict."
+        n_prompt = len(self.tok(messages[-1]["content"], add_special_tokens=False)["input_ids"])
+        return text, n_prompt, len(self.tok(text, add_special_tokens=False)["input_ids"])
+
+
+class ModelAnswers:
+    """A transformers GenRM decoded with sampler.generate. Handler threads queue their prompt and wait; one
+    decode thread takes everything queued as one batch (a crude version of vLLM's continuous batching),
+    so concurrent requests cost one batched decode, as with the in-process ModelJudge."""
+
+    def __init__(self, model_dir, seed=0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+        self.tok = AutoTokenizer.from_pretrained(model_dir)
+        self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+        self.context = self.model.config.max_position_embeddings
+        self.gen = torch.Generator().manual_seed(seed)  # used by temperature > 0 only
+        self.queue = queue.Queue()
+        threading.Thread(target=self._decode_loop, daemon=True, name="genrm-server-decode").start()
+
+    def complete(self, messages, max_tokens, temperature, top_p) -> tuple[str, int, int]:
+        ids = encode_prompt(self.tok, messages)
+        if len(ids) + max_tokens > self.context:  # vLLM answers 400 here
+            raise ValueError(f"This model's maximum context length is {self.context} tokens; the prompt has "
+                             f"{len(ids)} and max_tokens is {max_tokens}.")
+        job = {"ids": ids, "key": (max_tokens, temperature, top_p), "done": threading.Event()}
+        self.queue.put(job)
+        job["done"].wait()
+        if "error" in job:
+            raise RuntimeError(job["error"])
+        return job["text"], len(ids), job["n_tokens"]
+
+    def _decode_loop(self):
+        import sampler
+        while True:
+            jobs = [self.queue.get()]
+            while not self.queue.empty():
+                jobs.append(self.queue.get_nowait())
+            for key in dict.fromkeys(j["key"] for j in jobs):  # one generate call per sampling setting
+                group = [j for j in jobs if j["key"] == key]
+                max_tokens, temperature, top_p = key
+                pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
+                try:
+                    comps = sampler.generate(
+                        self.model, [j["ids"] for j in group], max_new_tokens=max_tokens, temperature=temperature,
+                        top_p=top_p, eos_token_id=self.tok.eos_token_id, pad_token_id=pad, generator=self.gen,
+                        context_len=self.context)
+                    for j, c in zip(group, comps):
+                        j["text"] = self.tok.decode(c.tokens, skip_special_tokens=True)
+                        j["n_tokens"] = len(c.tokens)
+                except Exception as e:  # answered as a 500 rather than leaving the handlers waiting
+                    for j in group:
+                        j["error"] = f"{type(e).__name__}: {e}"
+                for j in group:
+                    j["done"].set()
+
+
+# ---- the HTTP server ----
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: "_Server"
+
+    def log_message(self, *args):  # quiet: tests make hundreds of requests
+        pass
+
+    def _send_json(self, status: int, obj) -> None:
+        self._send(status, json.dumps(obj).encode())
+
+    def _send(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, message: str) -> None:
+        self._send_json(status, {"error": {"message": message, "code": status}})
+
+    def do_GET(self):
+        if self.path.rstrip("/") != "/v1/models":
+            return self._error(404, f"no route {self.path}")
+        self._send_json(200, {"object": "list", "data": [{"id": self.server.owner.name, "object": "model"}]})
+
+    def do_POST(self):
+        owner = self.server.owner
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        mode = owner._arrive(dict(self.headers))
+        if owner.slow and owner.stopping.wait(owner.slow):
+            return  # shutting down: drop the connection rather than answer late
+        if self.path.rstrip("/") != "/v1/chat/completions":
+            return self._error(404, f"no route {self.path}")
+        if mode == "fail":
+            return self._error(500, "injected failure")
+        if mode == "drop":
+            self.close_connection = True
+            return  # nothing written: the client sees the connection closed without a response
+        if mode == "malformed":
+            return self._send(200, b'{"choices": [{"message": {"content": "\\\\boxed{')
+        try:
+            req = json.loads(body)
+            messages, name = req["messages"], req.get("model")
+            sampling = (int(req.get("max_tokens") or 1024), float(req.get("temperature", 1.0)),
+                        float(req.get("top_p", 1.0)))
+        except (ValueError, KeyError, TypeError) as e:
+            return self._error(400, f"bad request: {type(e).__name__}")
+        if owner.served_model is not None and name != owner.served_model:
+            return self._error(404, f"The model `{name}` does not exist.")
+        try:
+            text, n_prompt, n_out = owner.answers.complete(messages, *sampling)
+        except ValueError as e:
+            return self._error(400, str(e))
+        except RuntimeError as e:
+            return self._error(500, str(e))
+        if mode == "garbage":
+            text = "Paragraph 0 looks fine, I think the answer is probably right."
+        self._send_json(200, {
+            "id": f"chatcmpl-{owner.requests}", "object": "chat.completion", "created": int(time.time()),
+            "model": name, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                         "finish_reason": "stop"}],
+            "usage": {"prompt_tokens": n_prompt, "completion_tokens": n_out, "total_tokens": n_prompt + n_out}})
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True       # a handler still sleeping (slow=...) never keeps the process alive
+    request_queue_size = 256    # a wave of concurrent connects must not overflow the listen backlog
+
+
+class GenRMServer:
+    """The server on 127.0.0.1 (port 0: a free one), running in a daemon thread from construction.
+    Use as a context manager (or call close()); `url` is the base URL for HTTPJudge; `requests` counts
+    POSTs, `headers` keeps the last request's headers."""
+
+    def __init__(self, model_dir=None, port=0, served_model=None, slow=0.0, fail=0, drop=0, malformed=0,
+                 garbage=0, seed=0):
+        self.answers = ModelAnswers(model_dir, seed) if model_dir else CheckerAnswers()
+        self.name = served_model or model_dir or "toy-checker"
+        self.served_model, self.slow = served_model, slow
+        self.fail, self.drop, self.malformed, self.garbage = fail, drop, malformed, garbage
+        self.requests, self.headers = 0, {}
+        self.stopping = threading.Event()
+        self._lock = threading.Lock()
+        self.httpd = _Server(("127.0.0.1", port), _Handler)
+        self.httpd.owner = self
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}/v1"
+        self._thread = threading.Thread(target=self.httpd.serve_forever, kwargs={"poll_interval": 0.1},
+                                        daemon=True, name="genrm-server")
+        self._thread.start()
+
+    def _arrive(self, headers) -> str | None:
+        """Count a request and pick its misbehaviour, if any (each mode's K counts down; K < 0 is forever)."""
+        with self._lock:
+            self.requests += 1
+            self.headers = headers
+            for mode in MODES:
+                k = getattr(self, mode)
+                if k:
+                    setattr(self, mode, k - 1 if k > 0 else k)
+                    return mode
+        return None
+
+    def close(self):
+        self.stopping.set()  # wakes the slow handlers, which then drop their connections
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(description="A toy OpenAI-compatible GenRM server on 127.0.0.1 (tests, demos).")
+    ap.add_argument("--port", type=int, default=0, help="0: a free port (printed)")
+    ap.add_argument("--model", help="a toy GenRM model dir (transformers); default: the exact checker")
+    ap.add_argument("--served-model-name", help="answer 404 to requests for any other model name")
+    ap.add_argument("--slow", type=float, default=0.0, help="seconds to sleep before each answer")
+    for mode, what in [("fail", "HTTP 500"), ("drop", "close without a response"),
+                       ("malformed", "200 with a body that is not JSON"), ("garbage", "a critique without a box")]:
+        ap.add_argument(f"--{mode}", type=int, default=0, help=f"{what} for the first K requests (-1: all)")
+    ap.add_argument("--max-seconds", type=float, default=3600.0, help="stop after this long, whatever happens")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    with GenRMServer(args.model, args.port, args.served_model_name, args.slow, args.fail, args.drop,
+                     args.malformed, args.garbage, args.seed) as server:
+        print(f"serving {server.url} (model {server.name}); stopping after {args.max_seconds:g} s", flush=True)
+        try:
+            server.stopping.wait(args.max_seconds)
+        except KeyboardInterrupt:
+            pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""Tests for genrm.HTTPJudge against tests/genrm_server.py (127.0.0.1, a free port): the same verdicts
+as the in-process judges, each failure mode counted apart and never a flag, and bounded time when the
+server hangs."""
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import pytest
+
+import fapo
+import genrm
+import toy
+from genrm_server import GenRMServer
+
+ROWS = toy.critic_rows(40, seed=7)  # (row, problem, steps): half the solutions flawed
+ARGS = ([p.text for _, p, _ in ROWS], [p.answer for _, p, _ in ROWS], [s for _, _, s in ROWS])
+
+
+def first(n):
+    """The judge's arguments for the first n rollouts."""
+    return tuple(a[:n] for a in ARGS)
+
+
+@pytest.fixture(scope="module")
+def server():
+    with GenRMServer() as s:
+        yield s
+
+
+@pytest.fixture
+def fresh():
+    """A server of its own, for the tests that make it misbehave."""
+    with GenRMServer() as s:
+        yield s
+
+
+def judge_for(url, **kw):
+    kw.setdefault("backoff", 0.01)
+    return genrm.HTTPJudge(url, "toy", max_tokens=96, **kw)
+
+
+def indices(verdicts):
+    return [v.index for v in verdicts]
+
+
+# ---- right answers ----
+
+
+def test_same_verdicts_as_the_oracle(server):
+    with judge_for(server.url) as judge:
+        got = judge(*ARGS)
+    want = toy.OracleJudge()(*ARGS)
+    assert indices(got) == indices(want)
+    assert {i for i in indices(got)} - {-1} and -1 in indices(got)  # both clean and flawed rows
+    assert all(v.error is None and v.text.endswith(f"\\boxed{{{v.index}}}") for v in got)
+    assert judge.response_tokens > 0 and sum(judge.failures.values()) == 0 and judge.retried == 0
+
+
+def test_judge_prompts_with_messages_and_submit(server):
+    prompts = [r.prompt for r, _, _ in ROWS]  # chat message lists, as critique rows carry them
+    with judge_for(server.url) as judge:
+        by_prompt = judge.judge_prompts(prompts, [len(s) for s in ARGS[2]])
+        pending = judge.submit(*ARGS)
+        assert indices(pending.result()) == indices(judge(*ARGS)) == indices(by_prompt)
+        assert pending.done()
+
+
+def test_fapo_flags_match_the_in_process_oracle(server):
+    responses = ["\n\n".join(s) for s in ARGS[2]]  # every answer right: all 40 are judged
+    gts = [str(a) for a in ARGS[1]]
+    with judge_for(server.url) as judge:
+        got = fapo.score_rollouts(responses, gts, ARGS[0], genrm=judge)
+    want = fapo.score_rollouts(responses, gts, ARGS[0], genrm=toy.OracleJudge())
+    assert got.first_error == want.first_error and got.rewards == want.rewards
+    assert got.counts == want.counts and got.counts["flagged"] > 0
+
+
+def test_api_key_is_sent_and_not_shown(fresh, monkeypatch):
+    monkeypatch.setenv("GENRM_API_KEY", "sk-test-123")
+    with judge_for(fresh.url) as judge:
+        judge(*first(1))
+    assert fresh.headers.get("Authorization") == "Bearer sk-test-123"
+    assert "sk-test" not in repr(judge)
+
+
+# ---- failures: counted by kind, error set, never a verdict ----
+
+
+@pytest.mark.parametrize("mode, kind", [("fail", "http_5xx"), ("drop", "dropped"), ("malformed", "malformed")])
+def test_failure_retried_then_given_up(fresh, mode, kind):
+    setattr(fresh, mode, -1)
+    with judge_for(fresh.url, retries=2) as judge:
+        got = judge(*first(4))
+    assert all(v.index is None and v.error.startswith(kind) for v in got)
+    assert judge.failures[kind] == 4 and sum(judge.failures.values()) == 4
+    assert fresh.requests == 4 * 3 and judge.retried == 4 * 2  # each tried retries + 1 times
+
+
+@pytest.mark.parametrize("mode", ["fail", "drop", "malformed"])
+def test_retry_that_succeeds(fresh, mode):
+    setattr(fresh, mode, 1)  # the first request misbehaves, its retry is answered
+    with judge_for(fresh.url, concurrency=1) as judge:
+        got = judge(*first(3))
+    assert indices(got) == indices(toy.OracleJudge()(*first(3))) and all(v.error is None for v in got)
+    assert sum(judge.failures.values()) == 0 and judge.retried == 1 and fresh.requests == 4
+
+
+def test_garbage_is_unparseable_not_a_failure(fresh):
+    fresh.garbage = -1
+    with judge_for(fresh.url) as judge:
+        got = judge(*first(4))
+    assert all(v.index is None and v.error is None and v.text for v in got)
+    assert sum(judge.failures.values()) == 0 and fresh.requests == 4  # an answer: not retried
+
+
+def test_4xx_is_not_retried():
+    with GenRMServer(served_model="genrm-4b") as s, judge_for(s.url) as judge:  # judge asks for "toy"
+        got = judge(*first(2))
+    assert all(v.index is None and "does not exist" in v.error for v in got)
+    assert judge.failures["http_4xx"] == 2 and s.requests == 2
+
+
+def test_refused():
+    with socket.socket() as sock:  # a port that was free a moment ago: nothing listens there
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with judge_for(f"http://127.0.0.1:{port}/v1", retries=1) as judge:
+        got = judge(*first(3))
+    assert all(v.index is None and v.error for v in got)
+    assert judge.failures["refused"] + judge.failures["skipped"] == 3 and judge.failures["refused"] >= 1
+
+
+def test_hung_server_costs_the_timeout_not_the_rows(fresh):
+    fresh.slow = 30.0
+    with judge_for(fresh.url, timeout=1.0, retries=1, backoff=0.5) as judge:  # 16 rows, 32 in flight
+        t0 = time.monotonic()
+        got = judge(*first(16))
+        elapsed = time.monotonic() - t0
+    assert elapsed < 3.5, elapsed  # 2 attempts x 1 s + at most 0.5 s of backoff
+    assert all(v.index is None and v.error.startswith("timeout") for v in got)
+    assert judge.failures["timeout"] == 16
+    # more rows than requests in flight: the first round's timeouts stop the queued rows from being sent
+    with judge_for(fresh.url, timeout=1.0, retries=1, backoff=0.5, concurrency=4) as judge:
+        t0 = time.monotonic()
+        got = judge(*first(16))
+        elapsed = time.monotonic() - t0
+    assert elapsed < 3.5, elapsed
+    assert judge.failures["timeout"] == 4 and judge.failures["skipped"] == 12
+    assert all(v.index is None and v.error for v in got)
+
+
+def test_failed_service_never_flags(fresh):
+    fresh.fail = -1
+    responses = ["\n\n".join(s) for s in ARGS[2][:8]]
+    with judge_for(fresh.url, retries=1) as judge:
+        s = fapo.score_rollouts(responses, [str(a) for a in ARGS[1][:8]], ARGS[0][:8], genrm=judge, lam=1.0)
+    assert s.counts["judged"] == 8 and s.counts["judge_failed"] == 8
+    assert s.counts["flagged"] == 0 and s.counts["unparseable"] == 0 and s.rewards == [1.0] * 8
+
+
+# ---- the evaluation command, the model-backed server, the script ----
+
+
+def test_evaluate_through_the_endpoint(server, capsys):
+    genrm.main(["--model", server.url, "--genrm-model", "toy", "--data", "toy", "--limit", "40"])
+    out = capsys.readouterr().out
+    m = json.loads(out.strip().splitlines()[-1])
+    assert m["pb_f1"] == 1.0 and m["fp_f1"] == 1.0 and m["unparseable"] == 0 and m["judge_failed"] == 0
+    assert "failures (no verdict): timeout 0" in out
+
+
+def test_model_server_matches_in_process_judge(tmp_path):
+    import torch
+    tok = toy.tokenizer()
+    model = toy.build_model(tok, seed=0).eval()
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    prompts = [r.prompt for r, _, _ in ROWS[:8]]
+    n_steps = [len(s) for s in ARGS[2][:8]]
+    local = genrm.ModelJudge(model, tok, max_new_tokens=8)
+    with torch.no_grad():
+        want = local.judge_prompts(prompts, n_steps)
+    with GenRMServer(model_dir=str(tmp_path)) as s, genrm.HTTPJudge(s.url, "toy", max_tokens=8) as judge:
+        got = judge.judge_prompts(prompts, n_steps)
+    assert [v.text for v in got] == [v.text for v in want]  # greedy: the same critiques, batched or not
+    assert all(v.error is None for v in got) and judge.response_tokens == local.response_tokens > 0
+
+
+def test_script_serves_and_stops_by_itself():
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "genrm_server.py")
+    proc = subprocess.Popen([sys.executable, script, "--port", "0", "--max-seconds", "3",
+                             "--served-model-name", "toy"], stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().split()[1]
+        no_proxy = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+        models = json.loads(no_proxy.open(url + "/models", timeout=5).read())
+        assert models["data"][0]["id"] == "toy"
+        with judge_for(url) as judge:
+            assert indices(judge(*first(4))) == indices(toy.OracleJudge()(*first(4)))
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
