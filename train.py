@@ -108,6 +108,8 @@ def build_parser(suppress=False):
     add("--top-k", 0, type=int, help="0: off")
     add("--max-prompt-len", 2048, type=int, help="longer prompts are dropped and counted, never truncated")
     add("--max-response-len", 8192, type=int, help="new tokens per rollout")
+    add("--overlap-waves", 4, type=int, help="with a GenRM endpoint: decode in this many waves, judging each "
+                                              "finished wave while the next decodes (1: no overlap)")
     add("--max-tokens-in-flight", 0, type=int, help="sampler memory cap: rows x (prompt + response) per wave; 0: none")
     add("--fast-sampler", True, action=argparse.BooleanOptionalAction, help="the sampler's static-cache path")
     # reward
@@ -163,6 +165,8 @@ def build_parser(suppress=False):
     add("--eval-temperature", 1.0, type=float)
     add("--eval-top-p", 0.7, type=float)
     add("--pass-k", 2, type=int, help="k of the unbiased pass@k estimate (k <= samples of every source)")
+    add("--dump-every", 0, type=int, help="RL steps between rollout dumps (OUT/dumps); evals always dump")
+    add("--dump-prompts", 4, type=int, help="prompts per dump (rank 0's first ones), every rollout of each")
     add("--save-every", 50, type=int, help="steps between checkpoints (0: only at the end)")
     add("--no-progress", False, action="store_true", help="no tqdm bar")
     return ap
@@ -196,7 +200,7 @@ def validate(cfg):
         need(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     for name in ("eval_every", "save_every", "eval_prompts", "overlong_buffer", "warmup", "sft_warmup", "top_k",
                  "mini_batch_prompts", "micro_batch_tokens", "logprob_batch_tokens", "max_tokens_in_flight",
-                 "context_len", "genrm_context_len", "genrm_retries"):
+                 "context_len", "genrm_context_len", "genrm_retries", "dump_every", "dump_prompts", "overlap_waves"):
         need(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     for name in ("lr", "sft_lr", "grad_clip", "genrm_timeout", "overlong_factor"):
         need(getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name)), f"--{name.replace('_', '-')} must be > 0")
@@ -405,22 +409,60 @@ def step_batch(n_rows, step, cfg, world):
     return [epoch_order(cfg.seed, i // n_rows, n_rows)[i % n_rows] for i in range(start, start + per_rank)]
 
 
+class Prefetched:
+    """A judge whose verdicts were requested while the step was still decoding: called by the reward
+    function with the correct rollouts (in the same order they were sent), it waits and hands them over."""
+
+    def __init__(self, pending):
+        self.pending = pending
+
+    def __call__(self, problems, ground_truths, step_lists):
+        verdicts = [v for p in self.pending for v in p.result()]
+        if len(verdicts) != len(step_lists):
+            raise RuntimeError(f"prefetched {len(verdicts)} verdicts for {len(step_lists)} correct rollouts")
+        return verdicts
+
+
+def rollouts(step, idx, run, judge):
+    """(completions, judge for the reward): the step's rollouts. With a judge that works in the background
+    (a GenRM service: HTTPJudge.submit), the prompts are decoded in --overlap-waves waves and each wave's
+    correct rollouts are sent off as soon as it is done, so judging overlaps decoding."""
+    cfg, world = run.cfg, run.world
+    seed = derive_seed(cfg.seed, "rollout", step, world.rank)
+    prompts = [run.ids[i] for i in idx]
+    if not hasattr(judge, "submit") or cfg.overlap_waves <= 1 or cfg.task == "genrm":
+        return sample(run.model, prompts, cfg.rollouts, cfg, seed, world), judge
+    comps, pending = [], []
+    per_wave = math.ceil(len(idx) / cfg.overlap_waves)
+    for w in range(cfg.overlap_waves):  # the same number of waves on every rank: sampling gathers the model
+        part = list(range(w * per_wave, min((w + 1) * per_wave, len(idx))))
+        got = sample(run.model, [prompts[k] for k in part], cfg.rollouts, cfg, derive_seed(seed, w), world)
+        rows = [run.rows[idx[k]] for k in part for _ in range(cfg.rollouts)]
+        texts = [cfg.tokenizer.decode(c.tokens, skip_special_tokens=True) for c in got]
+        right = [j for j, (r, x) in enumerate(zip(rows, texts)) if data.verify(x, r.ground_truth)[0]]
+        pending.append(judge.submit([data.problem_text(rows[j]) for j in right], [rows[j].ground_truth for j in right],
+                                    [data.split_steps(texts[j]) for j in right]))
+        comps += got
+    return comps, Prefetched(pending)
+
+
 def rl_step(step, run):
     """One GRPO step: sample, score, advantages, update. Returns the step's metrics (global)."""
     cfg, world, model = run.cfg, run.world, run.model
     idx = step_batch(len(run.rows), step, cfg, world)
     t0 = time.time()
-    comps = sample(model, [run.ids[i] for i in idx], cfg.rollouts, cfg, derive_seed(cfg.seed, "rollout", step, world.rank),
-                   world)
-    t1 = time.time()
-    rows = [run.rows[i] for i in idx for _ in range(cfg.rollouts)]
-    texts = [cfg.tokenizer.decode(c.tokens, skip_special_tokens=True) for c in comps]
-    lengths = [len(c.tokens) for c in comps]
     with run.judge() as judge:
         if hasattr(judge, "reseed"):  # a sampling GenRM draws from a per-step stream: resume repeats it
             judge.reseed(derive_seed(cfg.seed, "judge", step, world.rank))
-        scores = run.reward_fn(rows, texts, lengths, judge)
+        comps, reward_judge = rollouts(step, idx, run, judge)
+        t1 = time.time()
+        rows = [run.rows[i] for i in idx for _ in range(cfg.rollouts)]
+        texts = [cfg.tokenizer.decode(c.tokens, skip_special_tokens=True) for c in comps]
+        lengths = [len(c.tokens) for c in comps]
+        scores = run.reward_fn(rows, texts, lengths, reward_judge)  # t_judge: the wait for verdicts
     t2 = time.time()
+    if cfg.dump_every and (step + 1) % cfg.dump_every == 0:
+        dump(run, "rl", step + 1, rows, texts, comps, scores, cfg.rollouts)
     groups = [step * cfg.prompts_per_step + world.rank * len(idx) + k // cfg.rollouts for k in range(len(comps))]
     adv = grpo.group_advantages(torch.tensor(scores.rewards), groups, norm_by_std=bool(cfg.norm_adv_by_std)).tolist()
     samples = [grpo.Sample(run.ids[i], c.tokens, a) for i, c, a in zip([i for i in idx for _ in range(cfg.rollouts)],
@@ -442,9 +484,39 @@ def rl_step(step, run):
     tot = dict(zip(["reward", "length", "dropped"] + keys,
                    world.sum([sum(scores.rewards), sum(lengths), dropped] + [float(scores.counts[k]) for k in keys])))
     rates = genrm.critic_batch_metrics(tot) if cfg.task == "genrm" else fapo.rollout_metrics(tot)
+    if cfg.task == "rl":
+        check_judge(tot, step, world)
     return {"step": step + 1, "reward": tot["reward"] / tot["n"], "response_length": tot["length"] / tot["n"],
             "groups_dropped": int(tot["dropped"]), "lr": run.scheduler.get_last_lr()[0],
-            "t_sample": t1 - t0, "t_judge": t2 - t1, "t_train": t3 - t2, **upd, **rates}
+            "t_sample": t1 - t0, "t_judge": t2 - t1, "t_train": t3 - t2, "judge_share": (t2 - t1) / max(t3 - t0, 1e-9),
+            **upd, **rates}
+
+
+def check_judge(tot, step, world):
+    """A GenRM that answers nothing must not turn FAPO into a silent baseline."""
+    if tot["judged"] and tot["judge_failed"] == tot["judged"]:
+        raise RuntimeError(f"step {step + 1}: every one of {int(tot['judged'])} GenRM requests failed (no verdict); "
+                           "stopping rather than training on the baseline reward. Is the GenRM up?")
+    if tot["judged"] >= 8 and tot["unparseable"] > tot["judged"] / 2:
+        world.say(f"warning: step {step + 1}: {int(tot['unparseable'])} of {int(tot['judged'])} GenRM verdicts were "
+                  "unparseable (no \\boxed{index}); they count as clean")
+
+
+def dump(run, phase, step, rows, texts, comps, scores, per_prompt):
+    """OUT/dumps/PHASE_stepN.jsonl: every rollout of rank 0's first --dump-prompts prompts, with its reward,
+    rule verdict, the GenRM's verdict and critique. `python bench/flawed.py FILE` shows the flawed positives."""
+    cfg = run.cfg
+    if not run.world.main or not cfg.dump_prompts:
+        return
+    n = cfg.dump_prompts * per_prompt  # rollouts are prompt-major: the first prompts' samples come first
+    os.makedirs(os.path.join(cfg.out, "dumps"), exist_ok=True)
+    lines = [json.dumps({"phase": phase, "step": step, "prompt": data.problem_text(r) if cfg.task != "genrm" else "",
+                         "response": x, "reward": scores.rewards[k], "correct": bool(scores.correct[k]),
+                         "genrm_index": scores.first_error[k], "critique": scores.critiques[k] if scores.critiques else "",
+                         "length": len(c.tokens), "finish_reason": c.finish_reason, "data_source": r.data_source,
+                         "ground_truth": str(r.ground_truth)})
+             for k, (r, x, c) in enumerate(zip(rows[:n], texts, comps))]
+    fsdp.write_atomic(os.path.join(cfg.out, "dumps", f"{phase}_step{step}.jsonl"), "".join(l + "\n" for l in lines))
 
 
 # ---- the loops: SFT cold start, then RL ----
@@ -565,6 +637,8 @@ def evaluate_policy(run, rows, ids, tag):
         rr = [rows[i] for i in group for _ in range(n)]
         with run.eval_judge() as judge:
             s = run.eval_reward_fn(rr, texts, [len(c.tokens) for c in comps], judge)
+        if n == min(by_n):  # one dump per eval: the first prompts of the most common setting
+            dump(run, f"eval_{tag}", step_of(tag), rr, texts, comps, s, n)
         for j, i in enumerate(group):
             c = per.setdefault(rows[i].data_source, {"prompts": 0, "n": 0, "correct": 0, "flagged": 0, "judged": 0,
                                                      "unparseable": 0, "passk": 0.0, "tokens": 0})
@@ -578,6 +652,10 @@ def evaluate_policy(run, rows, ids, tag):
             c["passk"] += fapo.pass_at_k(n, sum(s.correct[k] for k in part), cfg.pass_k)
             c["tokens"] += sum(len(comps[k].tokens) for k in part)
     return {"eval": tag, **eval_metrics(per, cfg, world)}
+
+
+def step_of(tag):
+    return int(tag[4:]) if tag.startswith("step") and tag[4:].isdigit() else 0
 
 
 def samples_for(source, cfg):
@@ -706,7 +784,7 @@ class Logger:
     def find_eval(self, tag):
         return next((m for m in self.records if m.get("eval") == tag), None)
 
-    def log(self, m, show=("reward", "acc", "flawed_ratio", "loss", "verdict_acc")):
+    def log(self, m, show=("reward", "acc", "flawed_ratio", "unparseable", "judge_failed", "loss", "verdict_acc")):
         self.records.append(m)
         if self.main:
             with open(self.path, "a") as f:
