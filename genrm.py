@@ -14,11 +14,15 @@ i.e. outcome +1/-1 plus process -|t - t*|/n when both say flawed.
     parse_index(text, n_steps)                  strict: -1 or 0..n-1 from the last \\boxed{}, else None
     genrm_reward(pred, target, n_steps)         the reward above
     critic_metrics(preds, labels, ...)          ProcessBench and FlawedPositiveBench numbers
-    critic_rewards / check_critic_rows          a batch of GenRM rollouts scored; critic rows validated
+    critic_rewards                              a batch of GenRM rollouts scored
+    check_critic_rows / load_critic_rows        critic rows (ours or the official eval format) normalised, checked
+    pb_subset, report                           ProcessBench subset of a data_source; metrics labelled officially
     Verdict, ModelJudge                         a judge's answer; a transformers GenRM as FAPO's judge
     HTTPJudge                                   a GenRM served by vLLM / SGLang (OpenAI-compatible API)
 
-Evaluate a GenRM on critique rows (FAPO-Critic / ProcessBench row format, or 512 toy rows):
+Evaluate a GenRM on critique rows (FAPO-Critic / ProcessBench rows, ours or the official eval format with
+extra_info.raw_info.{label, final_answer_correct}; or 512 toy rows). It prints the pooled "F1 (PB)", each
+subset's f1 (data_source suffix gsm8k / math / olympiadbench / omnimath) and their "avg f1":
 
     python genrm.py --model DIR --data rows.jsonl [--votes 4 --temperature 0.6 --top-p 0.95]
     python genrm.py --model oracle --data toy      # the toy checker (toy.py): every metric 1.0
@@ -88,9 +92,14 @@ def parse_index(text: str, n_steps: int) -> int | None:
     around the number are allowed ("\\boxed{ 3 }"); "3.0", "1+2", "paragraph 3", "" are not.
     """
     content = last_boxed(text)
-    if content is None or not _INT.fullmatch(content.strip()):
+    if content is None or not _INT.fullmatch(content := content.strip()):
         return None
-    k = int(content.strip())
+    # more digits than n_steps has is out of range: never hand int() a huge digit string (it raises
+    # past 4300 digits, leading zeros included)
+    digits = content.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > len(str(max(n_steps, 1))):
+        return None
+    k = -int(digits) if content[0] == "-" else int(digits)
     return k if k == -1 or 0 <= k < n_steps else None
 
 
@@ -115,16 +124,44 @@ def genrm_reward(pred: int | None, target: int, n_steps: int) -> float:
 
 
 def check_critic_rows(rows: list[Row], path: str) -> None:
-    """Critic rows need an int label in -1..n-1 (a strict-integer string is converted) and n = total_steps."""
+    """Normalise and check critic rows in place (training and evaluation run the same checks).
+
+    The label is the first wrong step in -1..n-1 with n = extra_info.total_steps. Official eval rows keep
+    label and final-answer flag in extra_info.raw_info (those win, as in the official script); a
+    strict-integer string label ("-1") becomes an int; a missing total_steps is counted from the prompt's
+    <paragraph_i> tags when the prompt is a GenRM prompt; final_answer_correct, if present, must be a bool.
+    """
     for i, r in enumerate(rows, 1):
+        raw = r.extra_info.get("raw_info")
+        if isinstance(raw, dict):
+            if raw.get("label") is not None:
+                r.ground_truth = raw["label"]
+            if "final_answer_correct" in raw:
+                r.extra_info["final_answer_correct"] = raw["final_answer_correct"]
         if isinstance(r.ground_truth, str) and _INT.fullmatch(r.ground_truth.strip()):
             r.ground_truth = int(r.ground_truth.strip())
+        if r.extra_info.get("total_steps") is None:
+            try:
+                last = "".join(m["content"] for m in as_messages(r.prompt)[-1:])
+                r.extra_info["total_steps"] = len(parse_genrm_prompt(last)[2]) or None
+            except ValueError:
+                pass
         n = r.extra_info.get("total_steps")
         if not isinstance(n, int):
             raise ValueError(f"{path}: row {i}: field 'extra_info.total_steps': missing (a critic row needs it)")
-        if not isinstance(r.ground_truth, int) or not -1 <= r.ground_truth < n:
+        if isinstance(r.ground_truth, bool) or not isinstance(r.ground_truth, int) or not -1 <= r.ground_truth < n:
             raise ValueError(f"{path}: row {i}: field 'reward_model.ground_truth': expected the first wrong step "
                              f"in -1..{n - 1}, got {r.ground_truth!r}")
+        if not isinstance(r.extra_info.get("final_answer_correct", False), bool):
+            raise ValueError(f"{path}: row {i}: field 'extra_info.final_answer_correct': expected a bool, "
+                             f"got {r.extra_info['final_answer_correct']!r}")
+
+
+def load_critic_rows(path) -> list[Row]:
+    """Critique rows (ours or the official eval format) loaded and checked as training checks them."""
+    rows = load_rows(path)
+    check_critic_rows(rows, str(path))
+    return rows
 
 
 def critic_rewards(rows: list[Row], texts: list[str]) -> tuple[list, dict, list]:
@@ -182,18 +219,19 @@ def critic_metrics(preds, labels, final_correct=None, subsets=None) -> dict:
 
     preds: ints or None (unparseable, counted like any index other than -1, as the official script
     does); labels: ints (-1 = clean); final_correct: bools, whether each solution's final answer is
-    right (FlawedPositiveBench uses those rows only; all rows when not given); subsets: names, for
-    ProcessBench's per-subset F1 averaged over subsets. Empty denominators give 0.0.
+    right (FlawedPositiveBench uses those rows only; all rows when not given). pb_f1 is the official
+    "F1 (PB)": pooled over all rows. subsets: a name per row (pb_subset); each subset's metrics come as
+    "{name}/..." and the mean of their F1s as avg_f1 (the official "avg f1"). Empty denominators give 0.0.
     """
     preds, labels = list(preds), list(labels)
     out = _processbench(preds, labels)
     if subsets is not None:
-        per = {}
-        for name in sorted(set(subsets)):
+        names = sorted(set(subsets))
+        for name in names:
             idx = [i for i, s in enumerate(subsets) if s == name]
-            per[name] = _processbench([preds[i] for i in idx], [labels[i] for i in idx])
-            out.update({f"{name}/{k}": v for k, v in per[name].items()})
-        out["pb_f1"] = _safe_div(sum(m["pb_f1"] for m in per.values()), len(per))
+            sub = _processbench([preds[i] for i in idx], [labels[i] for i in idx])
+            out.update({f"{name}/{k}": v for k, v in sub.items()})
+        out["avg_f1"] = _safe_div(sum(out[f"{name}/pb_f1"] for name in names), len(names))
     keep = range(len(preds)) if final_correct is None else [i for i, c in enumerate(final_correct) if c]
     flag = [preds[i] != -1 for i in keep]
     truth = [labels[i] != -1 for i in keep]
@@ -202,6 +240,16 @@ def critic_metrics(preds, labels, final_correct=None, subsets=None) -> dict:
     out.update({"fp_precision": precision, "fp_recall": recall, "fp_f1": _f1(precision, recall),
                 "fp_acc": _safe_div(sum(f == t for f, t in zip(flag, truth)), len(flag)), "n_fp": len(flag)})
     return out
+
+
+PB_SUBSETS = ("olympiadbench", "omnimath", "gsm8k", "math")  # ProcessBench's, longest suffix first
+
+
+def pb_subset(data_source: str) -> str:
+    """The ProcessBench subset of a row: the official script groups by data_source suffix
+    (processbench_gsm8k -> gsm8k); other sources are their own subset. Unlike the official
+    `endswith("math")`, omnimath rows are not also counted in math: each row is in one subset."""
+    return next((s for s in PB_SUBSETS if data_source.endswith(s)), data_source)
 
 
 def majority_vote(indices: list) -> int | None:
@@ -474,21 +522,36 @@ class HTTPJudge:
 
 
 def evaluate_rows(judge, rows: list[Row]) -> dict:
-    """critic_metrics of a judge over critique rows (FAPO-Critic / ProcessBench format): label =
-    reward_model.ground_truth, n = extra_info.total_steps, subset = data_source, FlawedPositiveBench
-    restricted to rows with extra_info.final_answer_correct when that field is present."""
+    """critic_metrics of a judge over critique rows (FAPO-Critic / ProcessBench rows, ours or the official
+    eval format), after check_critic_rows: label, n = extra_info.total_steps, subset = pb_subset(data_source),
+    FlawedPositiveBench restricted to rows with final_answer_correct when that field is present."""
+    check_critic_rows(rows, "<rows>")
     verdicts = [as_verdict(v) for v in judge.judge_prompts([r.prompt for r in rows],
                                                             [r.extra_info["total_steps"] for r in rows])]
     preds = [v.index for v in verdicts]
     fc = [r.extra_info.get("final_answer_correct", True) for r in rows]
     m = critic_metrics(preds, [r.ground_truth for r in rows], final_correct=fc,
-                       subsets=[r.data_source for r in rows])
+                       subsets=[pb_subset(r.data_source) for r in rows])
     m["avg_response_tokens"] = judge.response_tokens / max(len(rows) * judge.votes, 1)
     # a verdict missing because the judge got no answer (service down, prompt too long) is not the
     # GenRM's fault: counted apart from an answer without a usable \boxed{}
     m["unparseable"] = sum(v.index is None and not v.error for v in verdicts) / max(len(rows), 1)
     m["judge_failed"] = sum(bool(v.error) for v in verdicts) / max(len(rows), 1)
     return m
+
+
+def report(m: dict) -> str:
+    """evaluate_rows' metrics, labelled as the official script labels them (pooled F1 (PB), per-subset f1,
+    avg f1, the FlawedPositiveBench numbers)."""
+    subsets = sorted(k[:-len("/pb_f1")] for k in m if k.endswith("/pb_f1"))
+    lines = [("Err (PB)", "err_acc"), ("Err_Loc (PB)", "err_loc_acc"), ("Corr (PB)", "corr_acc"),
+             (f"F1 (PB), pooled over {m['n_err'] + m['n_corr']} rows", "pb_f1")]
+    lines += [(f"  {s} f1 ({m[s + '/n_err']} err + {m[s + '/n_corr']} clean rows)", f"{s}/pb_f1") for s in subsets]
+    lines += [("avg f1 (mean of the subset f1s)", "avg_f1"), ("Precision (FPB)", "fp_precision"),
+              ("Recall (FPB)", "fp_recall"), (f"F1 (FPB), {m['n_fp']} rows", "fp_f1"), ("Acc (FPB)", "fp_acc"),
+              ("unparseable", "unparseable"), ("judge failed (no answer)", "judge_failed"),
+              ("avg response tokens", "avg_response_tokens")]
+    return "\n".join(f"{label:<44}{m[k]:.4f}" for label, k in lines if k in m)
 
 
 def main(argv=None):
@@ -515,7 +578,7 @@ def main(argv=None):
         ap.error("--votes needs a local model")
     if args.data == "toy":
         import toy  # the built-in task plugs in here: its rows (and, with --model oracle, its checker)
-    rows = [r for r, _, _ in toy.critic_rows(512, seed=12345)] if args.data == "toy" else load_rows(args.data)
+    rows = [r for r, _, _ in toy.critic_rows(512, seed=12345)] if args.data == "toy" else load_critic_rows(args.data)
     rows = rows[: args.limit or None]
     if remote:
         judge = HTTPJudge(args.model, args.genrm_model, args.max_new_tokens, args.temperature, args.top_p,
@@ -531,14 +594,13 @@ def main(argv=None):
         judge = ModelJudge(model.to(device).eval(), tok, args.max_new_tokens, args.temperature, args.top_p, args.votes,
                            args.seed, device)
     m = evaluate_rows(judge, rows)
-    for k, v in m.items():
-        print(f"{k:<28}{v:.4f}" if isinstance(v, float) else f"{k:<28}{v}")
+    print(report(m))
     if remote:  # transport failures, apart from unparseable answers: they are the service's, not the GenRM's
         judge.close()
         print("failures (no verdict): " + ", ".join(f"{k} {n}" for k, n in judge.failures.items())
               + f"; retried attempts {judge.retried}")
         m["failures"] = judge.failures
-    print(json.dumps(m))
+    print(json.dumps(m))  # every metric, last line
 
 
 if __name__ == "__main__":
