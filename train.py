@@ -47,7 +47,7 @@ hf_logging.disable_progress_bar()  # our own tqdm bar is the only one
 _OFFICIAL = dict(prompts_per_step=512, mini_batch_prompts=32, rollouts=8, temperature=1.0, top_p=1.0, top_k=0,
                  max_prompt_len=2048, max_response_len=8192, overlong_buffer=4096, overlong_factor=1.0,
                  lr=1e-6, warmup=10, weight_decay=0.1, grad_clip=1.0, clip_low=0.2, clip_high=0.28, clip_c=10.0,
-                 loss_agg="token-mean", kl_coef=0.0, eval_temperature=1.0, eval_top_p=0.7, eval_samples=1,
+                 loss_agg="token-mean", kl_coef=0.0, eval_temperature=1.0, eval_top_p=0.7, eval_samples=1, pass_k=1,
                  eval_every=10, save_every=0, grad_checkpointing=True, offload=True,
                  micro_batch_tokens=(2048 + 8192) * 2, logprob_batch_tokens=(2048 + 8192) * 3)
 PRESETS = {
@@ -564,8 +564,8 @@ def run_sft(run, out_dir):
         t0 = time.time()
         m = grpo.sft_update(run.model, optimizer, sft_pairs(cfg, step, world), settings, world)
         scheduler.step()
-        bad = check_numerics(m, bad, cfg, world)
-        log.log({"step": step + 1, **m, "lr": scheduler.get_last_lr()[0], "t_train": time.time() - t0})
+        m = log.log({"step": step + 1, **m, "lr": scheduler.get_last_lr()[0], "t_train": time.time() - t0})
+        bad = check_numerics(m, bad, cfg)
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.sft_steps:
             ckpt.save(run.model, optimizer, scheduler, cfg.tokenizer, {"step": step + 1})
     result = log.find_eval("after_sft") or log.log(run.evaluate("after_sft"))
@@ -593,7 +593,7 @@ def run_rl(run, out_dir, first=None):
     last, bad = first, 0
     for step in range(start, cfg.steps):
         m = log.log(rl_step(step, run))
-        bad = check_numerics(m, bad, cfg, world)
+        bad = check_numerics(m, bad, cfg)
         done = step + 1 == cfg.steps
         if done or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
             last = log.log({**run.evaluate(f"step{step + 1}"), "step": step + 1})
@@ -610,7 +610,7 @@ def resume(run, optimizer, scheduler, out_dir):
     return ckpt, state["step"] if state else 0
 
 
-def check_numerics(m, bad, cfg, world):
+def check_numerics(m, bad, cfg):
     """Consecutive steps whose update was skipped for a non-finite gradient; too many stop the run."""
     bad = bad + 1 if m.get("skipped_updates") else 0
     if bad >= cfg.max_bad_steps:
@@ -720,6 +720,8 @@ def main(argv=None):
     cfg.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     cfg.eos_ids = eos_ids(model, tok)
     lock = fsdp.claim_output_dir(cfg.out, world, resume=cfg.resume, overwrite=cfg.overwrite)
+    if cfg.resume:
+        check_resumable(cfg, world)
     if world.main:
         shown = {k: v for k, v in vars(cfg).items() if k not in ("tokenizer", "sft_rows", "compute_dtype")}
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
@@ -753,6 +755,25 @@ def main(argv=None):
         print_table(before, after, time.time() - t0)
     lock.release()
     dist.destroy_process_group()
+
+
+# settings a checkpoint restores (the optimizer's and scheduler's): changing one on resume would be ignored
+RESTORED = ("lr", "sft_lr", "warmup", "sft_warmup", "weight_decay", "betas", "seed", "model", "task", "preset")
+
+
+def check_resumable(cfg, world):
+    """Refuse a resume whose optimizer settings differ from the run's: they come back from the checkpoint,
+    so a changed --lr would be silently ignored while config.json recorded it. Rank 0 decides for all."""
+    path, msg = os.path.join(cfg.out, "config.json"), [""]
+    if world.main and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        changed = [k for k in RESTORED if k in old and json.loads(json.dumps(getattr(cfg, k))) != old[k]]
+        msg[0] = ", ".join(f"--{k.replace('_', '-')} ({old[k]} -> {getattr(cfg, k)})" for k in changed)
+    dist.broadcast_object_list(msg, src=0)
+    if msg[0]:
+        raise SystemExit(f"config error: resuming with changed {msg[0]}: the checkpoint restores these; "
+                         "start a new run (--out) to change them")
 
 
 @contextlib.contextmanager

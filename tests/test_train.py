@@ -5,6 +5,7 @@ Run as a script under torchrun, this file is also the worker of the 2-process te
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 
@@ -211,3 +212,207 @@ def test_kl_reference_and_overlong_penalty_run(tmp_path):
     assert len(rl) == 2 and all("kl" in m for m in rl)
     assert rl[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the reference is the starting policy
     assert rl[1]["kl"] > 0.0                              # after one update the policy has moved
+
+
+# ---- config: presets, validation, budgets (issues 9, 10, 14) ----
+
+# The official run scripts (recipe/fapo/run_*.sh), written out by hand: every preset must equal them.
+OFFICIAL = {
+    "fapo-7b": dict(prompts_per_step=512, mini_batch_prompts=32, rollouts=8, max_prompt_len=2048, max_response_len=8192,
+                    overlong_buffer=4096, overlong_factor=1.0, lr=1e-6, warmup=10, weight_decay=0.1, grad_clip=1.0,
+                    clip_low=0.2, clip_high=0.28, clip_c=10.0, loss_agg="token-mean", temperature=1.0, top_p=1.0,
+                    eval_temperature=1.0, eval_top_p=0.7, eval_samples=1, steps=200, eval_every=10, context_len=32768,
+                    micro_batch_tokens=20480, logprob_batch_tokens=30720, grad_checkpointing=True, offload=True,
+                    genrm_max_tokens=16384, fapo_lambda=1.0, kl_coef=0.0),
+    "fapo-32b": dict(prompts_per_step=512, mini_batch_prompts=32, rollouts=8, max_prompt_len=2048, max_response_len=20480,
+                     overlong_buffer=4096, lr=1e-6, warmup=10, weight_decay=0.1, clip_low=0.2, clip_high=0.28,
+                     temperature=1.0, eval_temperature=1.0, eval_top_p=0.7, steps=600, eval_every=10, context_len=0,
+                     micro_batch_tokens=22528, logprob_batch_tokens=22528, genrm_max_tokens=16384),
+    "baseline-7b": dict(prompts_per_step=512, mini_batch_prompts=32, rollouts=8, max_response_len=8192, overlong_buffer=4096,
+                        lr=1e-6, steps=200, context_len=32768, genrm="none", fapo_lambda=0.0, eval_top_p=0.7),
+    "genrm-4b": dict(task="genrm", prompts_per_step=512, mini_batch_prompts=32, rollouts=16, max_prompt_len=5120,
+                     max_response_len=8192, overlong_buffer=4096, overlong_factor=1.0, lr=1e-6, warmup=10,
+                     weight_decay=0.1, temperature=1.2, eval_temperature=0.6, eval_top_p=0.95, steps=500, eval_every=10,
+                     save_every=10, micro_batch_tokens=26624, logprob_batch_tokens=39936, context_len=32768),
+}
+
+
+@pytest.mark.parametrize("preset", sorted(OFFICIAL))
+def test_presets_equal_the_official_scripts(preset, tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "1+1", "reward_model": {"ground_truth": "2"}}) + "\n")
+    cfg = train.parse_config(["--preset", preset, "--data", str(rows), "--genrm", "none"])
+    for k, v in OFFICIAL[preset].items():
+        if k == "genrm":
+            continue
+        assert getattr(cfg, k) == v, (preset, k, getattr(cfg, k), v)
+    # an explicit flag wins over the preset; the mini-batch is counted in prompts, so it scales
+    cfg = train.parse_config(["--preset", preset, "--data", str(rows), "--genrm", "none", "--lr", "3e-6",
+                              "--prompts-per-step", "64"])
+    cfg.pad_id = 0
+    assert cfg.lr == 3e-6 and train.update_settings(cfg).mini_batches == 64 // 32
+
+
+def test_help_shows_real_defaults():
+    text = train.build_parser().format_help()
+    assert "default: None" not in text and "(default: 8192)" in text
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--temperature", "0"], "--temperature must be > 0"),
+    (["--eval-samples", "1", "--pass-k", "2"], "--pass-k 2"),
+    (["--rollouts", "1"], "--rollouts must be >= 2"),
+    (["--rollouts", "0"], "--rollouts must be >= 1"),
+    (["--micro-batch", "0"], "--micro-batch must be >= 1"),
+    (["--save-every", "-1"], "--save-every must be >= 0"),
+    (["--fapo-lambda", "-5"], "--fapo-lambda must be >= 0"),
+    (["--max-response-len", "0"], "--max-response-len must be >= 1"),
+    (["--steps", "0"], "--steps must be >= 1"),
+    (["--top-p", "0"], "--top-p must be in (0, 1]"),
+    (["--max-response-len", "40", "--overlong-buffer", "40"], "--overlong-buffer 40 must be <"),
+    (["--model", "no/such/dir"], "no such file or directory"),
+    (["--genrm", "Qwen/not-here"], "nothing is downloaded"),
+    (["--eval-repeats", "aime=x"], "--eval-repeats"),
+])
+def test_bad_flags_are_refused_before_anything_runs(flags, words, tmp_path):
+    with pytest.raises(SystemExit, match=re.escape(words)):
+        train.parse_config(flags + ["--out", str(tmp_path / "o")])
+    assert not os.path.exists(tmp_path / "o")
+
+
+def test_oracle_is_refused_on_real_data(tmp_path):
+    rows = tmp_path / "rows.jsonl"
+    rows.write_text(json.dumps({"prompt": "1+1", "reward_model": {"ground_truth": "2"}}) + "\n")
+    with pytest.raises(SystemExit, match="--genrm oracle"):
+        train.parse_config(["--data", str(rows)])
+    cfg = train.parse_config(["--data", str(rows), "--genrm", "none"])
+    assert cfg.test_data == "none" and cfg.preset == "none"  # never the toy task's eval on real data
+
+
+def tiny_model_dir(tmp_path, positions):
+    """A random toy-sized Qwen3 saved as an HF dir whose config claims `positions` positions."""
+    tok = toy.tokenizer()
+    model = toy.build_model(tok, seed=0)
+    model.config.max_position_embeddings = positions
+    path = tmp_path / f"m{positions}"
+    model.save_pretrained(path)
+    tok.save_pretrained(path)
+    return str(path)
+
+
+def real_rows(tmp_path):
+    rows = [{"prompt": [{"role": "user", "content": f"{a}+{b}"}], "reward_model": {"ground_truth": str(a + b)},
+             "data_source": src} for src in ("srcA", "srcB") for a, b in [(1, 2), (3, 4), (5, 1), (2, 2)]]
+    path = tmp_path / "rows.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_context_len_override_budgets_and_per_source_eval(tmp_path):
+    model, rows = tiny_model_dir(tmp_path, 64), real_rows(tmp_path)
+    base = ["--model", model, "--data", rows, "--test-data", rows, "--genrm", "none", "--steps", "1",
+            "--prompts-per-step", "2", "--rollouts", "2", "--max-prompt-len", "20", "--max-response-len", "100",
+            "--overlong-buffer", "0", "--eval-samples", "2", "--eval-repeats", "srcB=3", "--eval-every", "0",
+            "--no-progress", "--mini-batch-prompts", "0", "--temperature", "1.0", "--lr", "1e-3"]
+    with pytest.raises(SystemExit, match="context 64"):
+        train.main(base + ["--out", str(tmp_path / "a")])
+    train.main(base + ["--out", str(tmp_path / "b"), "--context-len", "256"])
+    log = read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    step = [m for m in log if "eval" not in m][0]
+    assert step["response_length"] > 64  # a random model rarely stops: rollouts ran past the config's 64
+    final = [m for m in log if m.get("eval") == "step1"][0]
+    assert "eval_srcA/acc@2" in final and "eval_srcB/acc@3" in final and "eval_acc@2" in final
+    assert "eval_srcB/pass@2" in final and "eval_srcA/flawed_ratio" in final
+
+
+def test_output_dir_is_locked_and_never_silently_reused(tmp_path):
+    out = str(tmp_path / "run")
+    world = fsdp.World()
+    lock = fsdp.claim_output_dir(out, world)
+    with pytest.raises(SystemExit, match="in use by another run"):
+        fsdp.claim_output_dir(out, world)
+    lock.release()
+    open(os.path.join(out, "metrics.jsonl"), "w").write('{"step": 1}\n')
+    with pytest.raises(SystemExit, match="holds a previous run"):
+        fsdp.claim_output_dir(out, world)
+    fsdp.claim_output_dir(out, world, overwrite=True).release()
+    assert not os.path.exists(os.path.join(out, "metrics.jsonl"))
+
+
+def test_resume_refuses_changed_optimizer_settings(tmp_path):
+    out = str(tmp_path / "r")
+    train.main(TINY + ["--out", out, "--steps", "1", "--eval-every", "0", "--sft-steps", "2"])
+    with pytest.raises(SystemExit, match=r"--lr \(0.01 -> 0.02\)"):
+        train.main(TINY + ["--out", out, "--steps", "2", "--eval-every", "0", "--sft-steps", "2", "--resume",
+                           "--lr", "2e-2"])
+
+
+def test_non_finite_training_stops_with_a_clear_error(tmp_path):
+    with pytest.raises(FloatingPointError, match="consecutive steps with a non-finite"):
+        train.main(TINY + ["--out", str(tmp_path / "nan"), "--sft-lr", "1e30", "--sft-steps", "8",
+                           "--max-bad-steps", "2", "--save-every", "100"])
+    assert not os.path.exists(tmp_path / "nan" / "sft" / "ckpt")  # nothing was saved from bad weights
+
+
+def test_resume_with_a_sampling_genrm_repeats_the_run(tmp_path):
+    """A learned GenRM that samples its critiques: a resumed run equals the uninterrupted one bit for bit."""
+    judge = tiny_model_dir(tmp_path, 512)
+    args = TINY + ["--genrm", judge, "--genrm-temperature", "1.0", "--genrm-max-tokens", "8", "--sft-steps", "2",
+                   "--eval-every", "0", "--save-every", "2"]
+    train.main(args + ["--out", str(tmp_path / "full"), "--steps", "4"])
+    train.main(args + ["--out", str(tmp_path / "part"), "--steps", "2"])
+    train.main(args + ["--out", str(tmp_path / "part"), "--steps", "4", "--resume"])
+    from transformers import AutoModelForCausalLM
+    a = AutoModelForCausalLM.from_pretrained(latest_export(tmp_path / "full" / "rl")).state_dict()
+    b = AutoModelForCausalLM.from_pretrained(latest_export(tmp_path / "part" / "rl")).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    steps = [m["step"] for m in read_jsonl(tmp_path / "part" / "rl" / "metrics.jsonl") if "eval" not in m]
+    assert steps == [1, 2, 3, 4]
+    evals = [m["eval"] for m in read_jsonl(tmp_path / "part" / "rl" / "metrics.jsonl") if "eval" in m]
+    assert len(evals) == len(set(evals))  # no phase evaluation logged twice
+
+
+def latest_export(phase_dir):
+    """The phase's HF weights (wherever the checkpointer keeps them)."""
+    return os.path.join(phase_dir, "ckpt")
+
+
+def test_errors_under_torchrun_are_one_line(tmp_path):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"prompt": "1+1", "reward_model": {}}) + "\n")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+           str(31500 + random.randrange(1000)), "train.py", "--data", str(bad), "--genrm", "none", "--out",
+           str(tmp_path / "o")]
+    r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode != 0
+    out = r.stdout + r.stderr
+    assert out.count("error: ValueError") == 1 and "row 1: field 'reward_model.ground_truth'" in out
+    assert 'train.py", line' not in out  # no traceback of ours (torchrun adds its own summary)
+    assert not os.path.exists(tmp_path / "o" / "config.json")  # nothing written before the data was checked
+
+
+def test_workers_exit_when_torchrun_dies(tmp_path):
+    import signal
+    import time
+    out = tmp_path / "w"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+           str(32500 + random.randrange(1000)), "train.py", "--out", str(out), "--no-progress", "--sft-steps", "100000"]
+    p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline and not os.path.exists(out / "sft" / "metrics.jsonl"):
+        time.sleep(0.5)
+    assert os.path.exists(out / "sft" / "metrics.jsonl"), "the run did not start"
+    workers = [int(x) for x in subprocess.run(["pgrep", "-P", str(p.pid)], capture_output=True, text=True).stdout.split()]
+    assert len(workers) == 2
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    deadline = time.time() + 15
+    while time.time() < deadline and any(os.path.exists(f"/proc/{w}") and "zombie" not in open(f"/proc/{w}/status").read().lower()
+                                         for w in workers):
+        time.sleep(0.2)
+    alive = [w for w in workers if os.path.exists(f"/proc/{w}") and "zombie" not in open(f"/proc/{w}/status").read().lower()]
+    for w in alive:
+        os.kill(w, signal.SIGKILL)
+    assert not alive, "workers kept training after torchrun died"
