@@ -140,6 +140,8 @@ def build_parser(suppress=False):
     add("--dynamic-sampling", False, action="store_true", help="DAPO: drop groups whose rewards are all equal")
     add("--kl-coef", 0.0, type=float, help="KL-to-reference loss coefficient (0: no reference model)")
     add("--kl-kind", "k3", choices=["k1", "k2", "k3", "abs"])
+    add("--tis-cap", 0.0, type=float, help="truncated importance weight min(pi_old / pi_sampler, C) on the loss "
+                                           "(verl's rollout correction; a departure from the paper); 0: off")
     add("--max-bad-steps", 3, type=int, help="stop after this many consecutive steps with a non-finite gradient")
     # optimisation
     add("--lr", 1e-6, type=float, help="RL learning rate")
@@ -169,6 +171,7 @@ def build_parser(suppress=False):
     add("--dump-prompts", 4, type=int, help="prompts per dump (rank 0's first ones), every rollout of each")
     add("--save-every", 50, type=int, help="steps between checkpoints (0: only at the end)")
     add("--no-progress", False, action="store_true", help="no tqdm bar")
+    add("--wandb", "", help="W&B project: mirror metrics.jsonl there (optional: pip install wandb)")
     return ap
 
 
@@ -202,6 +205,7 @@ def validate(cfg):
                  "mini_batch_prompts", "micro_batch_tokens", "logprob_batch_tokens", "max_tokens_in_flight",
                  "context_len", "genrm_context_len", "genrm_retries", "dump_every", "dump_prompts", "overlap_waves"):
         need(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    need(cfg.tis_cap >= 0, "--tis-cap must be >= 0")
     for name in ("lr", "sft_lr", "grad_clip", "genrm_timeout", "overlong_factor"):
         need(getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name)), f"--{name.replace('_', '-')} must be > 0")
     for name in ("top_p", "eval_top_p", "genrm_top_p"):
@@ -249,7 +253,7 @@ def update_settings(cfg, phase="rl"):
         micro_batch=cfg.micro_batch, micro_batch_tokens=cfg.micro_batch_tokens,
         logprob_batch_tokens=cfg.logprob_batch_tokens, loss_agg=cfg.loss_agg, clip_low=cfg.clip_low,
         clip_high=cfg.clip_high, clip_c=cfg.clip_c, grad_clip=cfg.grad_clip, kl_coef=cfg.kl_coef,
-        kl_kind=cfg.kl_kind, max_response_len=cfg.max_response_len)
+        kl_kind=cfg.kl_kind, max_response_len=cfg.max_response_len, tis_cap=cfg.tis_cap if phase == "rl" else 0.0)
 
 
 def derive_seed(*parts):
@@ -465,8 +469,8 @@ def rl_step(step, run):
         dump(run, "rl", step + 1, rows, texts, comps, scores, cfg.rollouts)
     groups = [step * cfg.prompts_per_step + world.rank * len(idx) + k // cfg.rollouts for k in range(len(comps))]
     adv = grpo.group_advantages(torch.tensor(scores.rewards), groups, norm_by_std=bool(cfg.norm_adv_by_std)).tolist()
-    samples = [grpo.Sample(run.ids[i], c.tokens, a) for i, c, a in zip([i for i in idx for _ in range(cfg.rollouts)],
-                                                                       comps, adv)]
+    samples = [grpo.Sample(run.ids[i], c.tokens, a, sampler_logp=c.logprobs)
+               for i, c, a in zip([i for i in idx for _ in range(cfg.rollouts)], comps, adv)]
     dropped = 0
     if cfg.dynamic_sampling:  # DAPO: a group with equal rewards carries no signal; drop it (no refill)
         rw = scores.rewards
@@ -801,12 +805,28 @@ class Logger:
         if world.main and not cfg.no_progress:
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, file=sys.stdout)
+        self.wandb, self.last_step = None, start  # optional mirror to Weights & Biases (--wandb PROJECT)
+        if cfg.wandb and world.main:  # rank 0 only: one W&B run per phase, grouped by the run directory
+            try:
+                import wandb  # WANDB_MODE=offline needs no network
+            except ImportError:
+                print("--wandb: the wandb package is not installed (pip install wandb); metrics.jsonl only", flush=True)
+            else:
+                run_dir = os.path.dirname(os.path.abspath(out_dir))
+                shown = {k: v for k, v in vars(cfg).items() if k not in ("tokenizer", "sft_rows", "compute_dtype")}
+                self.wandb = wandb.init(project=cfg.wandb, dir=out_dir, group=os.path.basename(run_dir),
+                                        name=f"{os.path.basename(run_dir)}/{desc}", job_type=desc,
+                                        config=json.loads(json.dumps(shown, default=str)))
 
     def find_eval(self, tag):
         return next((m for m in self.records if m.get("eval") == tag), None)
 
     def log(self, m, show=("reward", "acc", "flawed_ratio", "unparseable", "judge_failed", "loss", "verdict_acc")):
         self.records.append(m)
+        if self.wandb is not None:  # numbers only ("eval": "start" is a tag); evals at their step
+            self.last_step = m.get("step", self.last_step)
+            self.wandb.log({k: v for k, v in m.items() if isinstance(v, (int, float)) and k != "step"},
+                           step=self.last_step)
         if self.main:
             with open(self.path, "a") as f:
                 f.write(json.dumps(m) + "\n")
@@ -820,6 +840,8 @@ class Logger:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def print_table(before, after, seconds):

@@ -416,3 +416,19 @@ def test_workers_exit_when_torchrun_dies(tmp_path):
     for w in alive:
         os.kill(w, signal.SIGKILL)
     assert not alive, "workers kept training after torchrun died"
+
+
+def test_wandb_mirror_logs_numbers_on_rank_zero(tmp_path, monkeypatch):
+    """--wandb: one run per phase on rank 0, numeric metrics at their step, finished on close (a fake module)."""
+    import types
+    calls = []
+    run = types.SimpleNamespace(log=lambda d, step: calls.append(("log", step, d)), finish=lambda: calls.append(("finish",)))
+    fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw["project"])) or run)
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    cfg = train.parse_config(["--wandb", "proj", "--no-progress", "--out", str(tmp_path)])
+    log = train.Logger(str(tmp_path / "rl"), fsdp.World(), 3, 0, "rl", cfg)
+    log.log({"eval": "start", "eval_acc@4": 0.5})
+    log.log({"step": 1, "reward": 0.25, "note": "text"})
+    log.close()
+    assert calls[0] == ("init", "proj") and calls[-1] == ("finish",)
+    assert [(c[1], c[2]) for c in calls if c[0] == "log"] == [(0, {"eval_acc@4": 0.5}), (1, {"reward": 0.25})]
