@@ -432,3 +432,50 @@ def test_wandb_mirror_logs_numbers_on_rank_zero(tmp_path, monkeypatch):
     log.close()
     assert calls[0] == ("init", "proj") and calls[-1] == ("finish",)
     assert [(c[1], c[2]) for c in calls if c[0] == "log"] == [(0, {"eval_acc@4": 0.5}), (1, {"reward": 0.25})]
+
+
+# ---- a real-data run: Qwen's BPE tokenizer and chat template, rows from `python data.py prepare` ----
+
+def qwen_run_inputs(tmp_path):
+    """A tiny random Qwen2 over Qwen's real 151k vocabulary, saved as an HF dir, and prepared rows of two sources."""
+    from conftest import qwen_tokenizer
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+    tok = qwen_tokenizer()
+    cfg = Qwen2Config(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=512,
+                      tie_word_embeddings=True, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    model_dir = tmp_path / "qwen-tiny"
+    Qwen2ForCausalLM(cfg).save_pretrained(model_dir)
+    tok.save_pretrained(model_dir)
+    plain = tmp_path / "plain.jsonl"
+    plain.write_text("".join(json.dumps({"problem": f"What is {a} + {b}?", "answer": f"{a + b}.0" if a % 2 else f"0{a + b}"})
+                             + "\n" for a in range(1, 9) for b in (2, 5)))
+    rows = {}
+    for src in ("amc23", "aime24"):
+        rows[src] = tmp_path / f"{src}.jsonl"
+        data.main(["prepare", str(plain), str(rows[src]), "--source", src])
+    mixed = tmp_path / "test.jsonl"
+    mixed.write_text(open(rows["amc23"]).read() + open(rows["aime24"]).read())
+    return str(model_dir), str(rows["amc23"]), str(mixed)
+
+
+def test_real_data_run_with_a_qwen_tokenizer(tmp_path):
+    model_dir, train_rows, test_rows = qwen_run_inputs(tmp_path)
+    loaded = data.load_rows(train_rows)
+    assert {r.ground_truth for r in loaded} >= {"3", "7"}  # '3.0' and '07' were canonicalised
+    assert loaded[0].prompt[0]["content"].endswith("within \\boxed{}.")
+    args = ["--model", model_dir, "--data", train_rows, "--test-data", test_rows, "--genrm", "none", "--steps", "2",
+            "--prompts-per-step", "4", "--rollouts", "2", "--max-prompt-len", "96", "--max-response-len", "24",
+            "--overlong-buffer", "8", "--eval-samples", "2", "--eval-every", "0", "--mini-batch-prompts", "2",
+            "--micro-batch-tokens", "256", "--logprob-batch-tokens", "384", "--lr", "1e-3", "--no-progress"]
+    train.main(args + ["--out", str(tmp_path / "one")])
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
+                        str(33500 + random.randrange(1000)), "train.py"] + args + ["--out", str(tmp_path / "two")],
+                       cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    for run in ("one", "two"):
+        log = read_jsonl(tmp_path / run / "metrics.jsonl")
+        assert [m["step"] for m in log if "eval" not in m] == [1, 2]
+        final = [m for m in log if m.get("eval") == "step2"][0]
+        assert "eval_amc23/acc@2" in final and "eval_aime24/acc@2" in final
