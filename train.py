@@ -493,7 +493,16 @@ def rl_step(step, run):
     return {"step": step + 1, "reward": tot["reward"] / tot["n"], "response_length": tot["length"] / tot["n"],
             "groups_dropped": int(tot["dropped"]), "lr": run.scheduler.get_last_lr()[0],
             "t_sample": t1 - t0, "t_judge": t2 - t1, "t_train": t3 - t2, "judge_share": (t2 - t1) / max(t3 - t0, 1e-9),
-            **upd, **rates}
+            **upd, **rates, **peak_memory(world)}
+
+
+def peak_memory(world):
+    """The step's peak GPU memory on this rank (GiB), then reset; nothing on CPU."""
+    if world.device.type != "cuda":
+        return {}
+    peak = torch.cuda.max_memory_allocated(world.device) / 2**30
+    torch.cuda.reset_peak_memory_stats(world.device)
+    return {"peak_gib": world.max([peak])[0]}
 
 
 def check_judge(tot, step, world):
