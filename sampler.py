@@ -17,10 +17,10 @@ What it does, top to bottom:
 
 Two loops do step 4, with the same tokens and logprobs (to float rounding); `fast` picks one:
   eager  (fast=False) transformers' DynamicCache, the batch reshaped at every drop: the reference.
-  fast   (fast=True)  a KV cache allocated once and written in place. Rows are padded to a power-of-two
-         bucket and move down a bucket only when enough have finished, so shapes rarely change, and on
-         CUDA the one-token step is compiled (torch.compile "reduce-overhead": a CUDA graph per bucket,
-         replayed per token). FSDP-wrapped models get the static cache uncompiled (FSDP's hooks and
+  fast   (fast=True)  a KV cache allocated once and written in place (no per-step concatenation). On CUDA
+         the one-token step is compiled (torch.compile "reduce-overhead": CUDA graphs, replayed per token);
+         to keep its shapes few, rows are padded to a power-of-two bucket and move down a bucket only when
+         enough have finished. FSDP-wrapped models get the static cache uncompiled (FSDP's hooks and
          re-gathered weights do not belong in a graph). fast="static" never compiles; fast="compile" also
          compiles on CPU (for tests). The compiled step keeps its buffers and graphs with the model.
          Models whose cache cannot be static (sliding windows, ...) warn and run eager.
@@ -253,10 +253,10 @@ def to_completion(tokens: list[int], logprobs: list[float], limit: int, eos: set
 
 # ---- fast path: static cache, row buckets, a compiled step ----
 # Keys and values of each layer live in one (R, H_kv, S, D) buffer written in place: slot t of a row holds
-# token t of its left-padded sequence, as in the eager cache. The model sees a view of the first `rows` rows,
-# a power of two; when enough rows have finished, live rows move to the front and the view shrinks to the next
-# bucket. So shapes change only at those moves, and on CUDA the compiled step replays one CUDA graph per
-# bucket instead of launching ~40 kernels per layer from Python.
+# token t of its left-padded sequence, as in the eager cache. The model sees a view of the first `rows` rows.
+# When compiled, `rows` is a power of two (a bucket): live rows move to the front and the view shrinks only
+# when they fit the next bucket, so the step has few shapes and CUDA replays one graph per bucket instead of
+# launching ~40 kernels per layer from Python. Uncompiled, finished rows leave at every check, as in eager.
 
 class RowsLayer(StaticLayer):
     """A transformers StaticLayer over buffers we own, so that every bucket is a view of one allocation."""
@@ -282,10 +282,14 @@ class RowsLayer(StaticLayer):
 
 
 class FastState:
-    """One model's static cache and decode step (compiled or not); `slot` is the next slot to write."""
+    """One model's static cache and decode step (compiled or not); `slot` is the next slot to write.
+    buckets: pad rows to powers of two (>= 8), so a compiled step sees few shapes; else exactly the live rows."""
 
-    def __init__(self, step_fn):
-        self.cache, self.step_fn, self.slot = None, step_fn, 0
+    def __init__(self, step_fn, buckets: bool):
+        self.cache, self.step_fn, self.buckets, self.slot = None, step_fn, buckets, 0
+
+    def rows_for(self, live: int) -> int:
+        return max(8, 1 << (live - 1).bit_length()) if self.buckets else live
 
     def load(self, prefill_cache: DynamicCache, n: int, rows: int, length: int) -> None:
         """Copy each prefilled prompt into n consecutive rows. Reuse the buffers when they fit and are not much
@@ -342,17 +346,13 @@ def decode_step(model, cache, cache_kwarg, tokens, mask, position, uniform, temp
     return pick_next_tokens(out.logits[:, -1], temperature, top_k, top_p, uniform)
 
 
-def bucket_size(rows: int) -> int:
-    return max(8, 1 << (rows - 1).bit_length())  # a power of two; below 8 rows a GPU step costs the same
-
-
 def decode_wave_fast(model, state, prompts, n, max_new_tokens, temperature, top_k, top_p, eos_ids, pad_token_id,
                      context_len, generator, check_every) -> list[Completion]:
     device = next(model.parameters()).device
     prefill_cache, logits, prompt_mask = prefill(model, prompts, pad_token_id, device)  # _, (U, V), (U, L)
     lengths, limits = row_limits(prompts, n, max_new_tokens, context_len, device)  # (B,), (B,)
     num_rows, width, num_steps = lengths.numel(), prompt_mask.size(1), int(limits.max())
-    rows = bucket_size(num_rows)
+    rows = state.rows_for(num_rows)
     state.load(prefill_cache, n, rows, width + num_steps)
     del prefill_cache
 
@@ -383,8 +383,8 @@ def decode_wave_fast(model, state, prompts, n, max_new_tokens, temperature, top_
             alive = (~done).nonzero().squeeze(-1)  # (b',)
             if alive.numel() == 0:
                 break
-            if bucket_size(alive.numel()) < rows:
-                live, rows = alive.numel(), bucket_size(alive.numel())
+            if state.rows_for(alive.numel()) < rows:
+                live, rows = alive.numel(), state.rows_for(alive.numel())
                 keep = torch.cat([alive, alive[:1].expand(rows - live)])  # (r',)
                 state.keep_rows(keep)
                 index, tokens, mask = index[keep], tokens[keep], mask[keep]
@@ -459,7 +459,7 @@ def fast_state(model, fast, device) -> FastState | None:
         warnings.warn(f"sampler: {type(model).__name__} has no plain static cache; using the eager decode loop")
         return None
     if not (fast == "compile" or (fast in (True, None) and device.type == "cuda" and not is_fsdp(model))):
-        return FastState(None)  # uncompiled: fresh buffers per call, freed after it
+        return FastState(None, buckets=False)  # uncompiled: any shape is fine; fresh buffers, freed after the call
     global COMPILED_STEP
     if COMPILED_STEP is None:
         # dynamic shapes: one compile serves every bucket and cache length (CUDA graphs are still per shape)
@@ -468,7 +468,7 @@ def fast_state(model, fast, device) -> FastState | None:
         torch.fx.experimental._config.use_duck_shape = False
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)  # models x settings
     if model not in FAST_STATES:
-        FAST_STATES[model] = FastState(COMPILED_STEP)
+        FAST_STATES[model] = FastState(COMPILED_STEP, buckets=True)
     return FAST_STATES[model]
 
 

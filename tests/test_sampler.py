@@ -226,6 +226,16 @@ def assert_same(fast, eager, atol=1e-4):
         torch.testing.assert_close(torch.tensor(f.logprobs), torch.tensor(e.logprobs), atol=atol, rtol=0)
 
 
+@pytest.fixture(params=["exact rows", "buckets"])
+def rows_policy(request, monkeypatch):
+    """Uncompiled, the fast loop drops finished rows exactly; compiled (CUDA) it pads rows to power-of-two
+    buckets. Test both loops on CPU, the second without compiling."""
+    if request.param == "buckets":
+        monkeypatch.setattr(sampler, "fast_state", lambda model, fast, device: None if fast is False else
+                            sampler.FastState(None, buckets=True))
+    return request.param
+
+
 def count_compactions(monkeypatch):
     """Count the fast path's moves to a smaller bucket, so a test can show it exercised them."""
     calls = []
@@ -236,7 +246,7 @@ def count_compactions(monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
-def test_fast_greedy_matches_hf_generate(arch, monkeypatch):
+def test_fast_greedy_matches_hf_generate(arch, rows_policy, monkeypatch):
     model, prompts = tiny_model(arch), ragged_prompts(LENGTHS * 2, seed=4)  # 12 rows: bucket 16 -> 8
     greedy = [c.tokens for c in generate(model, prompts, 24, temperature=0, fast=False)]
     # the token that stops the most rows (but not all): at least 5 of 12 must stop to leave bucket 16
@@ -259,7 +269,7 @@ def test_fast_greedy_matches_hf_generate(arch, monkeypatch):
 
 
 @pytest.mark.parametrize("arch", ["qwen3", "llama"])
-def test_fast_sampling_matches_eager(arch, monkeypatch):
+def test_fast_sampling_matches_eager(arch, rows_policy, monkeypatch):
     model, prompts = tiny_model(arch, seed=3), ragged_prompts(LENGTHS, seed=3)
     kwargs = dict(temperature=0.8, top_p=0.95, top_k=40, n=4, check_every=2, eos_token_id=[3, 7, 11, 19])
     eager = generate(model, prompts, 30, seed=1, **kwargs, fast=False)
