@@ -15,16 +15,15 @@ What it does, top to bottom:
      EOS (or their length limit) are dropped from the batch and the cache, so finished rows
      stop costing compute without a host sync per token (16 on GPU; 1 on CPU, where it is free).
 
-Two loops do step 4, with the same tokens and logprobs (to float rounding); `fast` picks one:
-  eager  (fast=False) transformers' DynamicCache, the batch reshaped at every drop: the reference.
-  fast   (fast=True)  a KV cache allocated once and written in place (no per-step concatenation). On CUDA
-         the one-token step is compiled (torch.compile "reduce-overhead": CUDA graphs, replayed per token);
-         to keep its shapes few, rows are padded to a power-of-two bucket and move down a bucket only when
-         enough have finished. FSDP-wrapped models get the static cache uncompiled (FSDP's hooks and
-         re-gathered weights do not belong in a graph). fast="static" never compiles; fast="compile" also
-         compiles on CPU (for tests). The compiled step keeps its buffers and graphs with the model.
+Two loops do step 4 and give the same samples (logprobs equal to float rounding); `fast` picks one:
+  eager  fast=False: transformers' DynamicCache, the batch reshaped at every drop. The reference.
+  fast   fast=True: a KV cache allocated once and written in place. On CUDA the one-token step is compiled
+         (torch.compile "reduce-overhead", i.e. CUDA graphs), and rows are padded to power-of-two buckets so
+         that it sees few shapes. FSDP-wrapped models are not compiled (FSDP hooks and re-gathered weights
+         do not belong in a graph); fast="static" never compiles, fast="compile" compiles on CPU too.
+         The compiled loop keeps its cache buffers with the model between calls (graphs replay in place).
          Models whose cache cannot be static (sliding windows, ...) warn and run eager.
-  fast=None (default) is fast on CUDA and eager elsewhere (the README's sampler benchmark says why).
+  fast=None (the default) is fast on CUDA and eager elsewhere (the README's sampler benchmark says why).
 
 The returned logprobs are float32 log_softmax(logits / temperature) of the full, untruncated
 distribution (temperature 0 -> temperature 1): what a training forward computes for the same tokens.
@@ -44,6 +43,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
+from torch.fx.experimental import _config as fx_config
 from transformers import AttentionInterface, AttentionMaskInterface, Cache, DynamicCache, StaticCache
 from transformers.cache_utils import StaticLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -115,14 +115,6 @@ def accepts_logits_to_keep(model) -> bool:
     return "logits_to_keep" in inspect.signature(model.forward).parameters
 
 
-def new_cache(model) -> DynamicCache:
-    # passing the config lets transformers use sliding-window layers where the model has them
-    try:
-        return DynamicCache(config=model.config)
-    except TypeError:
-        return DynamicCache()
-
-
 def last_logits(model, cache, cache_kwarg, use_logits_to_keep, input_ids, attention_mask, position_ids):
     """One forward through model(...) (so FSDP hooks fire); returns the last position's logits (B, V)."""
     kwargs = {cache_kwarg: cache}
@@ -165,7 +157,7 @@ def plan_waves(lengths: list[int], n: int, max_new_tokens: int, max_tokens_in_fl
 
 def prefill(model, prompts, pad_token_id, device):
     """Prefill each distinct prompt once -> DynamicCache, last logits (U, V), prompt mask (U, L)."""
-    cache = new_cache(model)
+    cache = DynamicCache(config=model.config)  # the config gives sliding-window layers where the model has them
     ids, prompt_mask = left_pad(prompts, pad_token_id, device)  # (U, L)
     position_ids = (prompt_mask.cumsum(-1) - 1).clamp(min=0)  # (U, L): a padded row sees positions 0..len-1
     logits = last_logits(model, cache, cache_kwarg_name(model), accepts_logits_to_keep(model), ids, prompt_mask,
@@ -238,7 +230,7 @@ def decode_wave(model, prompts, n, max_new_tokens, temperature, top_k, top_p, eo
 
 
 def to_completions(out_tokens, out_logprobs, limits, eos_ids) -> list[Completion]:
-    eos = set(eos_ids.tolist())
+    eos = set(eos_ids.tolist())  # (B, S) tensors -> one Completion per row
     return [to_completion(t, lp, limit, eos)
             for t, lp, limit in zip(out_tokens.tolist(), out_logprobs.tolist(), limits.tolist())]
 
@@ -465,8 +457,9 @@ def fast_state(model, fast, device) -> FastState | None:
         # dynamic shapes: one compile serves every bucket and cache length (CUDA graphs are still per shape)
         COMPILED_STEP = torch.compile(decode_step, mode="reduce-overhead", dynamic=True)
         # else the first bucket's size, equal to the buffers' row count, gets one symbol: a recompile later
-        torch.fx.experimental._config.use_duck_shape = False
-        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)  # models x settings
+        fx_config.use_duck_shape = False
+        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
+        setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))  # models x settings
     if model not in FAST_STATES:
         FAST_STATES[model] = FastState(COMPILED_STEP, buckets=True)
     return FAST_STATES[model]
