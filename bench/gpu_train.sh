@@ -9,7 +9,7 @@
 # through genrm.py (the in-process judge's decode path), timed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-TOK=${1:?tokenizer dir}; STEPS=${2:-2}; CRITIC=${3:-}; WORK=${TMPDIR:-/tmp}/fapo_gpu_train; OUTDIR=${OUT:-$WORK}
+TOK=${1:?tokenizer dir}; STEPS=${2:-2}; CRITIC=${3:-}; PROMPTS=${PROMPTS:-64}; RESP=${RESP:-512} WORK=${TMPDIR:-/tmp}/fapo_gpu_train; OUTDIR=${OUT:-$WORK}
 rm -rf "$WORK"; mkdir -p "$WORK"
 export PYTHONUNBUFFERED=1
 python3 - "$TOK" "$WORK" <<'PY'
@@ -17,8 +17,11 @@ import json, sys, torch
 from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 tok_dir, work = sys.argv[1], sys.argv[2]
 tok = AutoTokenizer.from_pretrained(tok_dir)
-cfg = Qwen2Config(vocab_size=151936, hidden_size=896, intermediate_size=4864, num_hidden_layers=24, num_attention_heads=14,
-                  num_key_value_heads=2, max_position_embeddings=32768, tie_word_embeddings=True, rope_theta=1e6,
+import os
+tiny = os.environ.get("TINY") == "1"  # a CPU dry run of this script
+cfg = Qwen2Config(vocab_size=151936, hidden_size=64 if tiny else 896, intermediate_size=128 if tiny else 4864,
+                  num_hidden_layers=2 if tiny else 24, num_attention_heads=2 if tiny else 14, num_key_value_heads=1 if tiny else 2,
+                  max_position_embeddings=32768, tie_word_embeddings=True, rope_theta=1e6,
                   eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
 torch.manual_seed(0)
 model = Qwen2ForCausalLM(cfg)
@@ -34,8 +37,8 @@ head -n 64 "$WORK/train.jsonl" > "$WORK/test.jsonl"
 run() {  # name, extra flags
   local name=$1; shift
   python3 -m torch.distributed.run --nproc_per_node=1 train.py --model "$WORK/policy" --data "$WORK/train.jsonl" \
-    --test-data "$WORK/test.jsonl" --steps "$STEPS" --prompts-per-step 64 --rollouts 8 --mini-batch-prompts 32 \
-    --max-prompt-len 256 --max-response-len 512 --overlong-buffer 128 --eval-prompts 32 --eval-every 0 \
+    --test-data "$WORK/test.jsonl" --steps "$STEPS" --prompts-per-step "$PROMPTS" --rollouts 8 --mini-batch-prompts $((PROMPTS / 2)) \
+    --max-prompt-len 256 --max-response-len "$RESP" --overlong-buffer $((RESP / 4)) --eval-prompts 32 --eval-every 0 \
     --lr 1e-6 --grad-checkpointing --no-progress --out "$WORK/$name" "$@" 2>&1 | grep -v "^config:" | tail -n 4
 }
 run baseline --genrm none
@@ -43,18 +46,18 @@ if [ -n "$CRITIC" ]; then  # the GenRM decode path on real critique prompts (~1-
   ( time python3 genrm.py --model "$WORK/policy" --data "$CRITIC" --max-new-tokens 256 --limit 64 ) 2>&1 \
     | grep -E "F1 \(PB\)|avg response tokens|^real" | tee "$OUTDIR/gpu_genrm.txt"
 fi
-python3 - "$WORK" "$OUTDIR" <<'PY'
+python3 - "$WORK" "$OUTDIR" "$PROMPTS" <<'PY'
 import json, sys
-work, out = sys.argv[1], sys.argv[2]
+work, out, prompts = sys.argv[1], sys.argv[2], int(sys.argv[3])
 lines = ["| run | step | t_sample s | t_judge s | t_train s | response tokens | rollouts | gen tok/s | peak GiB |",
          "|---|---|---|---|---|---|---|---|---|"]
 for name in ("baseline",):
     for m in (json.loads(l) for l in open(f"{work}/{name}/metrics.jsonl")):
         if "eval" in m:
             continue
-        toks = m["response_length"] * 64 * 8  # prompts x rollouts
+        toks = m["response_length"] * prompts * 8  # prompts x rollouts
         lines.append(f"| {name} | {m['step']} | {m['t_sample']:.1f} | {m['t_judge']:.1f} | {m['t_train']:.1f} | "
-                     f"{m['response_length']:.0f} | 512 | {toks / m['t_sample']:.0f} | {m.get('peak_gib', float('nan')):.1f} |")
+                     f"{m['response_length']:.0f} | {prompts * 8} | {toks / m['t_sample']:.0f} | {m.get('peak_gib', float('nan')):.1f} |")
 print("\n".join(lines))
 open(f"{out}/gpu_train.md", "w").write("\n".join(lines) + "\n")
 PY
