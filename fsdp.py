@@ -167,6 +167,8 @@ def all_finite(model) -> bool:
     """True when every local parameter shard is finite (checked on every rank, agreed by all)."""
     ok = torch.tensor([float(all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
                                  for p in model.parameters()))])
+    if dist.get_backend() == "nccl":  # NCCL reduces device tensors only (parameters may be offloaded to CPU)
+        ok = ok.cuda()
     dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     return bool(ok.item())
 

@@ -39,7 +39,7 @@ run() {  # name, extra flags
   python3 -m torch.distributed.run --nproc_per_node=1 train.py --model "$WORK/policy" --data "$WORK/train.jsonl" \
     --test-data "$WORK/test.jsonl" --steps "$STEPS" --prompts-per-step "$PROMPTS" --rollouts 8 --mini-batch-prompts $((PROMPTS / 2)) \
     --max-prompt-len 256 --max-response-len "$RESP" --overlong-buffer $((RESP / 4)) --eval-prompts 32 --eval-every 0 \
-    --lr 1e-6 --grad-checkpointing --no-progress --out "$WORK/$name" "$@" 2>&1 | grep -v "^config:" | tail -n 4
+    --lr 1e-6 --grad-checkpointing --no-progress --debug --out "$WORK/$name" "$@" 2>&1 | grep -v "^config:" | tail -n 40
 }
 run baseline --genrm none
 if [ -n "$CRITIC" ]; then  # the GenRM decode path on real critique prompts (~1-2k tokens each)
