@@ -188,7 +188,8 @@ def decode_wave(model, prompts, n, max_new_tokens, temperature, top_k, top_p, eo
     cache, logits, prompt_mask = prefill(model, prompts, pad_token_id, device)  # _, (U, V), (U, L)
 
     # share the prefill across the n samples: repeat cache rows, not prompts
-    cache.batch_repeat_interleave(n)
+    if n > 1:
+        cache.batch_repeat_interleave(n)
     logits = logits.repeat_interleave(n, dim=0)  # (B, V), B = U * n, prompt-major
     lengths, limits = row_limits(prompts, n, max_new_tokens, context_len, device)  # (B,), (B,)
     num_steps = int(limits.max())
@@ -222,7 +223,8 @@ def decode_wave(model, prompts, n, max_new_tokens, temperature, top_k, top_p, eo
                 cache.batch_select_indices(live)
                 rows, done, tokens, mask = rows[live], done[live], tokens[live], mask[live]
 
-        position = (lengths[rows] + step).unsqueeze(-1)  # (b, 1): the new token's position in its own row
+        # (b, 1): the new token's position in its own row (clamped: rows past their limit are thrown away)
+        position = (lengths[rows] + step).clamp(max=context_len - 1).unsqueeze(-1)
         logits = last_logits(model, cache, cache_kwarg, keep_arg, tokens.unsqueeze(-1),
                              mask[:, : width + step + 1], position)  # (b, V)
 
@@ -383,9 +385,10 @@ def decode_wave_fast(model, state, prompts, n, max_new_tokens, temperature, top_
                 done = torch.arange(rows, device=device) >= live
 
         uniform = draw_uniform(temperature, generator, num_rows, device)
-        tokens, logprobs = state.step(model, state.cache, cache_kwarg_name(model), tokens, mask,
-                                      lengths[index] + step, None if uniform is None else uniform[index],
-                                      temperature, top_k, top_p)  # feeds token `step`, picks token step + 1
+        # feed token `step` at its position (clamped as in the eager loop), pick token step + 1
+        position = (lengths[index] + step).clamp(max=context_len - 1)  # (r,)
+        tokens, logprobs = state.step(model, state.cache, cache_kwarg_name(model), tokens, mask, position,
+                                      None if uniform is None else uniform[index], temperature, top_k, top_p)
 
     return to_completions(out_tokens, out_logprobs, limits, eos_ids)
 
