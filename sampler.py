@@ -188,7 +188,8 @@ def decode_wave(model, prompts, n, max_new_tokens, temperature, top_k, top_p, eo
     cache, logits, prompt_mask = prefill(model, prompts, pad_token_id, device)  # _, (U, V), (U, L)
 
     # share the prefill across the n samples: repeat cache rows, not prompts
-    cache.batch_repeat_interleave(n)
+    if n > 1:
+        cache.batch_repeat_interleave(n)
     logits = logits.repeat_interleave(n, dim=0)  # (B, V), B = U * n, prompt-major
     lengths, limits = row_limits(prompts, n, max_new_tokens, context_len, device)  # (B,), (B,)
     num_steps = int(limits.max())
@@ -222,7 +223,8 @@ def decode_wave(model, prompts, n, max_new_tokens, temperature, top_k, top_p, eo
                 cache.batch_select_indices(live)
                 rows, done, tokens, mask = rows[live], done[live], tokens[live], mask[live]
 
-        position = (lengths[rows] + step).unsqueeze(-1)  # (b, 1): the new token's position in its own row
+        # (b, 1): the new token's position in its own row (clamped: rows past their limit are thrown away)
+        position = (lengths[rows] + step).clamp(max=context_len - 1).unsqueeze(-1)
         logits = last_logits(model, cache, cache_kwarg, keep_arg, tokens.unsqueeze(-1),
                              mask[:, : width + step + 1], position)  # (b, V)
 
@@ -261,10 +263,11 @@ class RowsLayer(StaticLayer):
         self.is_initialized, self.device, self.dtype = True, keys.device, keys.dtype
         self.num_heads, self.k_head_dim, self.v_head_dim = keys.size(1), keys.size(3), values.size(3)
         self.buffers = keys, values  # (R, H_kv, S, D) each
-        self.use_rows(keys.size(0))
+        self.view(keys.size(0))
 
-    def use_rows(self, rows: int) -> None:
-        self.keys, self.values = self.buffers[0][:rows], self.buffers[1][:rows]  # views, no copy
+    def view(self, rows: int, slots: int | None = None) -> None:
+        """Show the model the first `rows` rows, and the first `slots` slots (all by default)."""
+        self.keys, self.values = self.buffers[0][:rows, :, :slots], self.buffers[1][:rows, :, :slots]  # no copy
         self.batch_size = rows
         torch._dynamo.mark_static_address(self.keys)  # CUDA graphs read and write the cache in place
         torch._dynamo.mark_static_address(self.values)
@@ -278,7 +281,7 @@ class FastState:
     buckets: pad rows to powers of two (>= 8), so a compiled step sees few shapes; else exactly the live rows."""
 
     def __init__(self, step_fn, buckets: bool):
-        self.cache, self.step_fn, self.buckets, self.slot = None, step_fn, buckets, 0
+        self.cache, self.step_fn, self.buckets, self.rows, self.slot, self.shown = None, step_fn, buckets, 0, 0, None
 
     def rows_for(self, live: int) -> int:
         return max(8, 1 << (live - 1).bit_length()) if self.buckets else live
@@ -299,8 +302,14 @@ class FastState:
             for buffer, src in zip(layer.buffers, kv):
                 # (U, n, H_kv, L, D) view of the first U * n rows; broadcasting copies without an n-fold temporary
                 buffer[: units * n].unflatten(0, (units, n))[..., :width, :] = src.unsqueeze(1)
-            layer.use_rows(rows)
+        self.rows, self.shown = rows, None
         self.set_slot(width)
+
+    def view(self, rows: int, slots: int | None) -> None:
+        if self.shown != (rows, slots):  # new views only when the shape changes: fewer dynamo guard checks
+            for layer in self.cache.layers:
+                layer.view(rows, slots)
+            self.shown = rows, slots
 
     def set_slot(self, slot: int) -> None:
         self.slot = slot
@@ -312,15 +321,17 @@ class FastState:
         for layer in self.cache.layers:
             for buffer in layer.buffers:
                 buffer[: keep.numel()] = buffer[keep]
-            layer.use_rows(keep.numel())
+        self.rows, self.shown = keep.numel(), None
 
-    def step(self, *args):
-        """decode_step, compiled if we can. Compile errors surface at the first call of a new shape: then
-        warn once and go on uncompiled, for this model from now on."""
+    def step(self, model, cache_kwarg, tokens, mask, *args):
+        """decode_step for the `rows` rows. Compiled, it sees every slot (fixed shapes; the causal mask hides
+        unwritten ones); uncompiled, only the slots written so far, like the eager cache. Compile errors surface
+        at the first call of a new shape: then warn and go on uncompiled, for this model from now on."""
         if self.step_fn is not None:
             try:
+                self.view(self.rows, None)
                 torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs have been consumed
-                tokens, logprobs = self.step_fn(*args)
+                tokens, logprobs = self.step_fn(model, self.cache, cache_kwarg, tokens, mask, *args)
                 self.slot += 1
                 return tokens.clone(), logprobs.clone()  # graph outputs are overwritten by the next replay
             except Exception as error:  # noqa: BLE001 -- any compile failure; a genuine error recurs below
@@ -328,7 +339,8 @@ class FastState:
                 self.step_fn = None
                 self.set_slot(self.slot)  # a partly run step may have advanced some layers' counters
         self.slot += 1
-        return decode_step(*args)
+        self.view(self.rows, self.slot)  # slots 0 .. the one this step writes
+        return decode_step(model, self.cache, cache_kwarg, tokens, mask[:, : self.slot], *args)
 
 
 def decode_step(model, cache, cache_kwarg, tokens, mask, position, uniform, temperature, top_k, top_p):
@@ -353,7 +365,7 @@ def decode_wave_fast(model, state, prompts, n, max_new_tokens, temperature, top_
     live = num_rows
     done = torch.arange(rows, device=device) >= live  # (r,)
     # slots after the prompt hold real tokens; the causal mask hides those not written yet
-    mask = torch.ones(rows, state.cache.layers[0].keys.size(2), dtype=torch.long, device=device)  # (r, S)
+    mask = torch.ones(rows, state.cache.layers[0].buffers[0].size(2), dtype=torch.long, device=device)  # (r, S)
     mask[:, :width] = prompt_mask[index // n]
 
     out_tokens = torch.full((num_rows, num_steps), pad_token_id, dtype=torch.long, device=device)
@@ -383,9 +395,10 @@ def decode_wave_fast(model, state, prompts, n, max_new_tokens, temperature, top_
                 done = torch.arange(rows, device=device) >= live
 
         uniform = draw_uniform(temperature, generator, num_rows, device)
-        tokens, logprobs = state.step(model, state.cache, cache_kwarg_name(model), tokens, mask,
-                                      lengths[index] + step, None if uniform is None else uniform[index],
-                                      temperature, top_k, top_p)  # feeds token `step`, picks token step + 1
+        # feed token `step` at its position (clamped as in the eager loop), pick token step + 1
+        position = (lengths[index] + step).clamp(max=context_len - 1)  # (r,)
+        tokens, logprobs = state.step(model, cache_kwarg_name(model), tokens, mask, position,
+                                      None if uniform is None else uniform[index], temperature, top_k, top_p)
 
     return to_completions(out_tokens, out_logprobs, limits, eos_ids)
 
