@@ -11,7 +11,6 @@ a reader can skip (nanoGPT keeps the same split between train.py and its DDP/che
 """
 import contextlib
 import fcntl
-import math
 import os
 import shutil
 import threading

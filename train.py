@@ -34,6 +34,7 @@ import data
 import fapo
 import fsdp
 import genrm
+import genrm_http
 import grpo
 import sampler
 import toy
@@ -329,7 +330,7 @@ def make_judge(cfg, world, which):
     if which == "oracle":
         return lambda: contextlib.nullcontext(toy.OracleJudge())
     if which.startswith(("http://", "https://")):
-        service = genrm.HTTPJudge(which, cfg.genrm_model or "genrm", cfg.genrm_max_tokens, cfg.genrm_temperature,
+        service = genrm_http.HTTPJudge(which, cfg.genrm_model or "genrm", cfg.genrm_max_tokens, cfg.genrm_temperature,
                                   cfg.genrm_top_p, concurrency=cfg.genrm_concurrency, timeout=cfg.genrm_timeout,
                                   retries=cfg.genrm_retries)
         return lambda: contextlib.nullcontext(service)

@@ -479,3 +479,32 @@ def test_real_data_run_with_a_qwen_tokenizer(tmp_path):
         assert [m["step"] for m in log if "eval" not in m] == [1, 2]
         final = [m for m in log if m.get("eval") == "step2"][0]
         assert "eval_amc23/acc@2" in final and "eval_aime24/acc@2" in final
+
+
+# ---- the GenRM as a service (issue 13) ----
+
+def test_toy_run_judged_over_http_equals_the_in_process_oracle(tmp_path):
+    """The checker behind the test server: the same flags, hence the same run, as the in-process oracle."""
+    from genrm_server import GenRMServer
+    args = TINY + ["--steps", "2", "--eval-every", "0", "--sft-steps", "40", "--overlap-waves", "1"]  # some right answers
+    train.main(args + ["--out", str(tmp_path / "oracle")])
+    with GenRMServer() as server:
+        train.main(args + ["--out", str(tmp_path / "http"), "--genrm", server.url, "--genrm-model", "toy"])
+        served = server.requests
+        train.main(args + ["--out", str(tmp_path / "waves"), "--genrm", server.url, "--genrm-model", "toy",
+                           "--overlap-waves", "2"])  # judging overlaps decoding: another sampling order, same checks
+    a, b, c = ([m for m in read_jsonl(tmp_path / run / "rl" / "metrics.jsonl") if "eval" not in m]
+               for run in ("oracle", "http", "waves"))
+    for x, y in zip(a, b):
+        assert (x["reward"], x["flawed_ratio"], x["loss"]) == (y["reward"], y["flawed_ratio"], y["loss"])
+        assert y["judge_failed"] == 0.0 and y["unparseable"] == 0.0
+    assert served > 0 and all(m["judge_failed"] == 0.0 and "judge_share" in m for m in c)
+
+
+def test_a_dead_genrm_service_stops_the_run(tmp_path):
+    """Every request failing must stop the run, not train on a silent baseline."""
+    from genrm_server import GenRMServer
+    with GenRMServer(fail=-1) as server:
+        with pytest.raises(RuntimeError, match="GenRM requests failed"):
+            train.main(TINY + ["--steps", "2", "--eval-every", "0", "--sft-steps", "4", "--out", str(tmp_path / "x"),
+                               "--genrm", server.url, "--genrm-model", "toy", "--genrm-retries", "0"])
