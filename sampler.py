@@ -317,10 +317,10 @@ class FastState:
             layer.cumulative_length.fill_(slot)
 
     def keep_rows(self, keep: torch.Tensor) -> None:
-        """Row i of the new, smaller bucket becomes row keep[i] of the current one."""
+        """Row i of the new, smaller bucket becomes row keep[i] of the current one (written slots only)."""
         for layer in self.cache.layers:
             for buffer in layer.buffers:
-                buffer[: keep.numel()] = buffer[keep]
+                buffer[: keep.numel(), :, : self.slot] = buffer[keep, :, : self.slot]
         self.rows, self.shown = keep.numel(), None
 
     def step(self, model, cache_kwarg, tokens, mask, *args):
