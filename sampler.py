@@ -21,7 +21,8 @@ Two loops do step 4 and give the same samples (logprobs equal to float rounding)
          (torch.compile "reduce-overhead", i.e. CUDA graphs), and rows are padded to power-of-two buckets so
          that it sees few shapes. FSDP-wrapped models are not compiled (FSDP hooks and re-gathered weights
          do not belong in a graph); fast="static" never compiles, fast="compile" compiles on CPU too.
-         The compiled loop keeps its cache buffers with the model between calls (graphs replay in place).
+         The compiled loop keeps its cache buffers with the model between calls (graphs replay in place;
+         `FAST_STATES.pop(model)` frees them).
          Models whose cache cannot be static (sliding windows, ...) warn and run eager.
   fast=None (the default) is fast on CUDA and eager elsewhere (the README's sampler benchmark says why).
 
@@ -317,10 +318,10 @@ class FastState:
             layer.cumulative_length.fill_(slot)
 
     def keep_rows(self, keep: torch.Tensor) -> None:
-        """Row i of the new, smaller bucket becomes row keep[i] of the current one."""
+        """Row i of the new, smaller bucket becomes row keep[i] of the current one (written slots only)."""
         for layer in self.cache.layers:
             for buffer in layer.buffers:
-                buffer[: keep.numel()] = buffer[keep]
+                buffer[: keep.numel(), :, : self.slot] = buffer[keep, :, : self.slot]
         self.rows, self.shown = keep.numel(), None
 
     def step(self, model, cache_kwarg, tokens, mask, *args):
@@ -330,7 +331,8 @@ class FastState:
         if self.step_fn is not None:
             try:
                 self.view(self.rows, None)
-                torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs have been consumed
+                if tokens.is_cuda:
+                    torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs have been consumed
                 tokens, logprobs = self.step_fn(model, self.cache, cache_kwarg, tokens, mask, *args)
                 self.slot += 1
                 return tokens.clone(), logprobs.clone()  # graph outputs are overwritten by the next replay
@@ -352,7 +354,7 @@ def decode_step(model, cache, cache_kwarg, tokens, mask, position, uniform, temp
 
 def decode_wave_fast(model, state, prompts, n, max_new_tokens, temperature, top_k, top_p, eos_ids, pad_token_id,
                      context_len, generator, check_every) -> list[Completion]:
-    device = next(model.parameters()).device
+    device, cache_kwarg = next(model.parameters()).device, cache_kwarg_name(model)
     prefill_cache, logits, prompt_mask = prefill(model, prompts, pad_token_id, device)  # _, (U, V), (U, L)
     lengths, limits = row_limits(prompts, n, max_new_tokens, context_len, device)  # (B,), (B,)
     num_rows, width, num_steps = lengths.numel(), prompt_mask.size(1), int(limits.max())
@@ -397,7 +399,7 @@ def decode_wave_fast(model, state, prompts, n, max_new_tokens, temperature, top_
         uniform = draw_uniform(temperature, generator, num_rows, device)
         # feed token `step` at its position (clamped as in the eager loop), pick token step + 1
         position = (lengths[index] + step).clamp(max=context_len - 1)  # (r,)
-        tokens, logprobs = state.step(model, cache_kwarg_name(model), tokens, mask, position,
+        tokens, logprobs = state.step(model, cache_kwarg, tokens, mask, position,
                                       None if uniform is None else uniform[index], temperature, top_k, top_p)
 
     return to_completions(out_tokens, out_logprobs, limits, eos_ids)

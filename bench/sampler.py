@@ -8,8 +8,8 @@ same random-init model.
 
 Loops (columns):
   eager     sampler.generate(fast=False): DynamicCache, finished rows dropped every check (the reference)
-  static    sampler.generate(fast="static"): preallocated cache written in place, row buckets, not compiled
-  compiled  sampler.generate(fast=True) on CUDA: the static loop with its step compiled (CUDA graphs)
+  static    sampler.generate(fast="static"): preallocated cache written in place, not compiled (what FSDP gets)
+  compiled  sampler.generate(fast="compile"), what fast=True runs on CUDA: the static loop, its step compiled
   generate  model.generate (DynamicCache, eager, no compaction)
 Cases (greedy, so all loops produce the same tokens up to bf16 near-ties):
   uniform  prompts of one length, EOS ignored: every row decodes max_new tokens. Per-step times are read
@@ -52,7 +52,7 @@ PRESETS = {
                                             num_hidden_layers=28, num_attention_heads=12, num_key_value_heads=2)),
 }
 EOS = 1
-LOOPS = {"eager": False, "static": "static", "compiled": True}  # sampler.generate's `fast` for each loop
+LOOPS = {"eager": False, "static": "static", "compiled": "compile"}  # sampler.generate's `fast` for each loop
 
 
 # ---- setup ----

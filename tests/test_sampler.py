@@ -1,5 +1,7 @@
 """Tests for sampler.py: greedy parity with model.generate, logprobs vs a full forward, seeding,
-top-k/top-p filters, shared prefill, compaction interval, waves, context checks. Tiny random models, CPU."""
+top-k/top-p filters, shared prefill, compaction interval, waves, context checks; the fast loop (static
+cache, exact rows or power-of-two buckets, compiled step) against the eager one and model.generate.
+Tiny random models, CPU; the CUDA tests skip without a GPU."""
 import os
 import sys
 import warnings
@@ -217,7 +219,7 @@ def test_context_len_limits_and_errors():
         generate(model, [[1] * 200], 4)  # default: config.max_position_embeddings (128)
 
 
-# ---- fast path (static cache, row buckets) against the eager loop and model.generate ----
+# ---- the fast loop (static cache, row buckets) against the eager loop and model.generate ----
 
 def assert_same(fast, eager, atol=1e-4):
     assert [c.tokens for c in fast] == [c.tokens for c in eager]
@@ -228,11 +230,12 @@ def assert_same(fast, eager, atol=1e-4):
 
 @pytest.fixture(params=["exact rows", "buckets"])
 def rows_policy(request, monkeypatch):
-    """Uncompiled, the fast loop drops finished rows exactly; compiled (CUDA) it pads rows to power-of-two
-    buckets. Test both loops on CPU, the second without compiling."""
+    """Uncompiled, the fast loop drops finished rows exactly and attends over written slots; compiled (CUDA),
+    it pads rows to power-of-two buckets and attends over every slot. Test both on CPU, the second with the
+    step function not compiled (test_fast_compiled_step_matches_eager compiles it)."""
     if request.param == "buckets":
         monkeypatch.setattr(sampler, "fast_state", lambda model, fast, device: None if fast is False else
-                            sampler.FastState(None, buckets=True))
+                            sampler.FastState(sampler.decode_step, buckets=True))
     return request.param
 
 
