@@ -462,7 +462,7 @@ def rl_step(step, run):
         scores = run.reward_fn(rows, texts, lengths, reward_judge)  # t_judge: the wait for verdicts
     t2 = time.time()
     if cfg.dump_every and (step + 1) % cfg.dump_every == 0:
-        dump(run, "rl", step + 1, rows, texts, comps, scores, cfg.rollouts)
+        dump(run, "rl", step + 1, rows, texts, comps, scores, cfg.rollouts, f"rl_step{step + 1}")
     groups = [step * cfg.prompts_per_step + world.rank * len(idx) + k // cfg.rollouts for k in range(len(comps))]
     adv = grpo.group_advantages(torch.tensor(scores.rewards), groups, norm_by_std=bool(cfg.norm_adv_by_std)).tolist()
     samples = [grpo.Sample(run.ids[i], c.tokens, a, sampler_logp=c.logprobs)
@@ -511,8 +511,8 @@ def check_judge(tot, step, world):
                   "unparseable (no \\boxed{index}); they count as clean")
 
 
-def dump(run, phase, step, rows, texts, comps, scores, per_prompt):
-    """OUT/dumps/PHASE_stepN.jsonl: every rollout of rank 0's first --dump-prompts prompts, with its reward,
+def dump(run, phase, step, rows, texts, comps, scores, per_prompt, name):
+    """OUT/dumps/NAME.jsonl: every rollout of rank 0's first --dump-prompts prompts, with its reward,
     rule verdict, the GenRM's verdict and critique. `python bench/flawed.py FILE` shows the flawed positives."""
     cfg = run.cfg
     if not run.world.main or not cfg.dump_prompts:
@@ -525,7 +525,7 @@ def dump(run, phase, step, rows, texts, comps, scores, per_prompt):
                          "length": len(c.tokens), "finish_reason": c.finish_reason, "data_source": r.data_source,
                          "ground_truth": str(r.ground_truth)})
              for k, (r, x, c) in enumerate(zip(rows[:n], texts, comps))]
-    fsdp.write_atomic(os.path.join(cfg.out, "dumps", f"{phase}_step{step}.jsonl"), "".join(l + "\n" for l in lines))
+    fsdp.write_atomic(os.path.join(cfg.out, "dumps", f"{name}.jsonl"), "".join(l + "\n" for l in lines))
 
 
 # ---- the loops: SFT cold start, then RL ----
@@ -647,7 +647,7 @@ def evaluate_policy(run, rows, ids, tag):
         with run.eval_judge() as judge:
             s = run.eval_reward_fn(rr, texts, [len(c.tokens) for c in comps], judge)
         if n == min(by_n):  # one dump per eval: the first prompts of the most common setting
-            dump(run, f"eval_{tag}", step_of(tag), rr, texts, comps, s, n)
+            dump(run, "eval", step_of(tag), rr, texts, comps, s, n, f"eval_{tag}")
         for j, i in enumerate(group):
             c = per.setdefault(rows[i].data_source, {"prompts": 0, "n": 0, "correct": 0, "flagged": 0, "judged": 0,
                                                      "unparseable": 0, "passk": 0.0, "tokens": 0})

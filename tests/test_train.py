@@ -508,3 +508,24 @@ def test_a_dead_genrm_service_stops_the_run(tmp_path):
         with pytest.raises(RuntimeError, match="GenRM requests failed"):
             train.main(TINY + ["--steps", "2", "--eval-every", "0", "--sft-steps", "4", "--out", str(tmp_path / "x"),
                                "--genrm", server.url, "--genrm-model", "toy", "--genrm-retries", "0"])
+
+
+# ---- visibility (issue 15) ----
+
+def test_rollout_dumps_hold_the_judges_critiques(tmp_path):
+    out = tmp_path / "d"
+    train.main(TINY + ["--out", str(out), "--steps", "1", "--sft-steps", "40", "--eval-every", "0", "--dump-every", "1",
+                       "--dump-prompts", "2"])
+    rows = read_jsonl(out / "dumps" / "rl_step1.jsonl")
+    assert len(rows) == 2 * 4  # 2 prompts x 4 rollouts
+    fields = {"phase", "step", "prompt", "response", "reward", "correct", "genrm_index", "critique", "length",
+              "finish_reason", "data_source", "ground_truth"}
+    assert all(set(r) == fields and r["phase"] == "rl" and r["step"] == 1 for r in rows)
+    judged = [r for r in rows if r["genrm_index"] is not None]
+    assert all(r["correct"] for r in judged)
+    for r in judged:  # the oracle's critique is the checker's own text for that response
+        assert r["critique"] == toy.critique(toy.parse_problem(r["prompt"]), data.split_steps(r["response"]))
+    evals = read_jsonl(out / "dumps" / "eval_step1.jsonl")
+    assert evals and all(r["phase"] == "eval" for r in evals)
+    m = [m for m in read_jsonl(out / "rl" / "metrics.jsonl") if "eval" not in m][0]
+    assert m["gap_max"] < 1e-4  # sampler and trainer agree on CPU in fp32
