@@ -134,7 +134,10 @@ class Checkpointer:
             tokenizer.save_pretrained(tmp)
             torch.save({"optimizer": osd, "scheduler": scheduler.state_dict(), **state},
                        os.path.join(tmp, "trainer_state.pt"))
+            # every intermediate state is one that latest() and the next save understand: a leftover ckpt.old
+            # (a kill after the swap) is removed first, never renamed onto
             if os.path.exists(self.final):
+                shutil.rmtree(old, ignore_errors=True)
                 os.replace(self.final, old)
             os.replace(tmp, self.final)
             shutil.rmtree(old, ignore_errors=True)

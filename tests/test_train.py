@@ -59,12 +59,14 @@ def test_micro_batch_count_does_not_change_the_update(agg):
     sd1, st1, _ = sgd_update(samples, micro_batch=1, loss_agg=agg)
     sd8, st8, _ = sgd_update(samples, micro_batch=8, loss_agg=agg)
     sd3, _, _ = sgd_update(samples, micro_batch=3, loss_agg=agg)
+    sdt, stt, _ = sgd_update(samples, micro_batch_tokens=96, loss_agg=agg)  # token-budget packing (verl's dynamic bsz)
     init = toy.build_model(tok, seed=3).state_dict()
     moved = max((sd8[k] - init[k]).abs().max().item() for k in sd8)
     assert moved > 1e-3  # the update is not vacuous
     for k in sd1:
         torch.testing.assert_close(sd1[k], sd8[k], atol=1e-6, rtol=1e-5)
         torch.testing.assert_close(sd3[k], sd8[k], atol=1e-6, rtol=1e-5)
+        torch.testing.assert_close(sdt[k], sd8[k], atol=1e-6, rtol=1e-5)
     assert st1["loss"] == pytest.approx(st8["loss"], abs=1e-6)
 
 
@@ -529,3 +531,35 @@ def test_rollout_dumps_hold_the_judges_critiques(tmp_path):
     assert evals and all(r["phase"] == "eval" for r in evals)
     m = [m for m in read_jsonl(out / "rl" / "metrics.jsonl") if "eval" not in m][0]
     assert m["gap_max"] < 1e-4  # sampler and trainer agree on CPU in fp32
+
+
+def test_a_kill_inside_the_checkpoint_swap_never_wedges_saving(tmp_path, monkeypatch):
+    """Fault injection at each rename / removal of the save: the next save still works and the latest
+    complete checkpoint is always found."""
+    import shutil as sh
+    out = str(tmp_path / "k")
+    train.main(TINY + ["--out", out, "--steps", "2", "--eval-every", "0", "--sft-steps", "2", "--save-every", "1"])
+    world = fsdp.World()
+    ck = fsdp.Checkpointer(os.path.join(out, "rl"), world)
+    model = fsdp.shard(toy.build_model(toy.tokenizer(), seed=0), world, torch.float32)
+    opt, sched = train.make_optimizer(model, 1e-3, 1, train.parse_config([]))
+    for point in range(5):  # every file-system step of the save (clear tmp, clear old, two renames, remove old)
+        calls = {"n": 0}
+        real_replace, real_rmtree = os.replace, sh.rmtree
+
+        def dying(fn):
+            def wrapped(*a, **k):
+                if a and str(a[0]).endswith(("ckpt", "ckpt.tmp", "ckpt.old")):
+                    calls["n"] += 1
+                    if calls["n"] > point:
+                        raise KeyboardInterrupt("killed")
+                return fn(*a, **k)
+            return wrapped
+        monkeypatch.setattr(fsdp.os, "replace", dying(real_replace))
+        monkeypatch.setattr(fsdp.shutil, "rmtree", dying(real_rmtree))
+        with pytest.raises(KeyboardInterrupt):
+            ck.save(model, opt, sched, toy.tokenizer(), {"step": 10 + point})
+        monkeypatch.undo()
+        assert ck.latest() is not None  # a complete checkpoint survives the kill
+        ck.save(model, opt, sched, toy.tokenizer(), {"step": 20 + point})  # and the next save works
+        assert ck.load(model, opt, sched)["step"] == 20 + point
