@@ -112,8 +112,8 @@ def build_parser(suppress=False):
     add("--overlap-waves", 4, type=int, help="with a GenRM endpoint: decode in this many waves, judging each "
                                               "finished wave while the next decodes (1: no overlap)")
     add("--max-tokens-in-flight", 0, type=int, help="sampler memory cap: rows x (prompt + response) per wave; 0: none")
-    add("--fast-sampler", None, action=argparse.BooleanOptionalAction,
-        help="the sampler's static-cache decode loop (default: on CUDA; the eager loop on CPU, where it is as fast)")
+    add("--fast-sampler", "auto", choices=["auto", "on", "off"],
+        help="the sampler's static-cache decode loop; auto: on CUDA, the eager loop on CPU (where it is no faster)")
     # reward
     add("--genrm", "oracle", help="'oracle' (the toy step checker; toy data only), 'none', a GenRM model dir, "
                                   "or an OpenAI-compatible endpoint http://HOST:PORT/v1")
@@ -391,7 +391,7 @@ def sample(model, prompt_ids, n, cfg, seed, world, temperature=None, top_p=None)
             model, prompt_ids, cfg.max_response_len, temperature=cfg.temperature if temperature is None else temperature,
             top_p=cfg.top_p if top_p is None else top_p, top_k=cfg.top_k, eos_token_id=cfg.eos_ids,
             pad_token_id=cfg.pad_id, n=n, generator=gen, max_tokens_in_flight=cfg.max_tokens_in_flight or None,
-            context_len=cfg.context, fast=cfg.fast_sampler)
+            context_len=cfg.context, fast={"auto": None, "on": True, "off": False}[cfg.fast_sampler])
     model.train(training)
     return out
 
