@@ -508,7 +508,7 @@ def test_a_dead_genrm_service_stops_the_run(tmp_path):
     from genrm_server import GenRMServer
     with GenRMServer(fail=-1) as server:
         with pytest.raises(RuntimeError, match="GenRM requests failed"):
-            train.main(TINY + ["--steps", "2", "--eval-every", "0", "--sft-steps", "4", "--out", str(tmp_path / "x"),
+            train.main(TINY + ["--steps", "2", "--eval-every", "0", "--sft-steps", "40", "--out", str(tmp_path / "x"),
                                "--genrm", server.url, "--genrm-model", "toy", "--genrm-retries", "0"])
 
 
