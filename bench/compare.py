@@ -63,10 +63,11 @@ os.makedirs(args.out, exist_ok=True)
 t0 = time.time()
 sft_dir = os.path.join(args.out, "sft")
 common = ["--steps", str(args.steps), "--eval-every", str(args.eval_every), "--eval-prompts", str(args.eval_prompts)]
-if not os.path.exists(os.path.join(sft_dir, "sft", "ckpt", "trainer_state.pt")):
-    print(f"SFT cold start ({args.sft_steps} steps) ...", flush=True)
-    run(["--sft-steps", str(args.sft_steps), "--steps", "0", "--out", sft_dir], os.path.join(args.out, "sft.log"))
-ckpt = os.path.join(sft_dir, "sft", "ckpt")
+if not os.path.exists(os.path.join(sft_dir, "ckpt", "trainer_state.pt")):
+    print(f"SFT cold start ({args.sft_steps} steps) ...", flush=True)  # the demo's cold start, as --task sft
+    run(["--task", "sft", "--sft-steps", str(args.sft_steps), "--out", sft_dir, "--overwrite"],
+        os.path.join(args.out, "sft.log"))
+ckpt = os.path.join(sft_dir, "ckpt")
 arms = [(f"lambda={lam:g}", lam, "oracle") for lam in args.lambdas]
 if args.genrm:
     arms.append(("lambda=1 learned GenRM", 1.0, args.genrm))
