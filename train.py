@@ -481,9 +481,14 @@ def rl_step(step, run):
     run.scheduler.step()
     t3 = time.time()
     keys = sorted(scores.counts)  # the same keys on every rank: one all-reduce for everything
-    tot = dict(zip(["reward", "length", "dropped"] + keys,
-                   world.sum([sum(scores.rewards), sum(lengths), dropped] + [float(scores.counts[k]) for k in keys])))
+    shape = rollout_shape(scores, lengths, cfg.rollouts)
+    tot = dict(zip(["reward", "length", "dropped"] + keys + list(shape),
+                   world.sum([sum(scores.rewards), sum(lengths), dropped] + [float(scores.counts[k]) for k in keys]
+                             + list(shape.values()))))
     rates = genrm.critic_batch_metrics(tot) if cfg.task == "genrm" else fapo.rollout_metrics(tot)
+    rates["zero_var_groups"] = tot["zero_var"] / max(tot["groups"], 1)  # groups with no signal for GRPO
+    for kind in ("correct", "wrong", "flawed"):
+        rates[f"length_{kind}"] = tot[f"len_{kind}"] / max(tot[f"n_{kind}"], 1)
     if cfg.task == "rl":
         check_judge(tot, step, world)
     return {"step": step + 1, "reward": tot["reward"] / tot["n"], "response_length": tot["length"] / tot["n"],
@@ -499,6 +504,20 @@ def peak_memory(world):
     peak = torch.cuda.max_memory_allocated(world.device) / 2**30
     torch.cuda.reset_peak_memory_stats(world.device)
     return {"peak_gib": world.max([peak])[0]}
+
+
+def rollout_shape(scores, lengths, group):
+    """Sums for the step's log: groups whose rewards are all equal, and response lengths of correct, wrong and
+    flawed (correct but flagged) rollouts."""
+    n = len(scores.rewards) // group
+    zero_var = sum(len(set(scores.rewards[g * group:(g + 1) * group])) == 1 for g in range(n))
+    flawed = [c and e not in (None, -1) for c, e in zip(scores.correct, scores.first_error)]
+    kinds = {"correct": scores.correct, "wrong": [not c for c in scores.correct], "flawed": flawed}
+    out = {"zero_var": float(zero_var), "groups": float(n)}
+    for kind, mask in kinds.items():
+        out[f"len_{kind}"] = float(sum(L for L, m in zip(lengths, mask) if m))
+        out[f"n_{kind}"] = float(sum(mask))
+    return out
 
 
 def check_judge(tot, step, world):

@@ -531,6 +531,9 @@ def test_rollout_dumps_hold_the_judges_critiques(tmp_path):
     assert evals and all(r["phase"] == "eval" for r in evals)
     m = [m for m in read_jsonl(out / "rl" / "metrics.jsonl") if "eval" not in m][0]
     assert m["gap_max"] < 1e-4  # sampler and trainer agree on CPU in fp32
+    assert 0.0 <= m["zero_var_groups"] <= 1.0 and m["length_correct"] >= 0 and "length_flawed" in m
+    if judged:
+        assert m["length_correct"] > 0
 
 
 def test_a_kill_inside_the_checkpoint_swap_never_wedges_saving(tmp_path, monkeypatch):
