@@ -11,6 +11,21 @@ Flaws keep the final answer right -- they are the *flawed positives* FAPO is abo
 A flaw that carries a wrong value forward would change the answer; a tiny model cannot produce it with a
 right answer, so it is not used (../shared/TOY-NOTES.md).
 
+Two regimes of SFT traces (`regime=`; the trainer's --toy-regime):
+    "coupled"   (default) 30% flawed traces, nothing else: the model's own errors are its only wrong answers,
+                and they come mostly with its slips, so outcome reward alone also prunes slips.
+    "decoupled" wrong answers get a source of their own, so that outcome reward cannot tell a flawed
+                positive from a clean one: the flaw is a miscopied operand in the *last* step (its result
+                right), and, drawn independently with its own probability, a *final slip*: the box holds
+                the value before the last operation (an early answer). Why these two (README, measured):
+                - the model carries a slip on (a slipped trace ends right 26-49% of the time after 800 SFT
+                  steps, a clean one 78%), and a miscopy earlier in the trace makes it lose its place, so
+                  both would tie flaws to wrong answers again; a last-step miscopy feeds only its own result;
+                - a final answer off by 1-2 shares the model's "number off by a little" with the miscopy:
+                  RL that removes the one removes the other; a box copied from the wrong place does not.
+                It wants a longer cold start (3000 steps): after 800 the model still miscomputes the result
+                more often after a miscopied operand (6.6% vs 4.1%), after 3000 hardly (3.2% vs 2.5%).
+
     ToyProblem, make_problem, parse_problem   the task
     solution_steps, solution, first_error     solutions (clean or flawed) and the exact checker
     rows(...), task_rows(task, seed, n_test)  verl-style rows: policy prompts, or GenRM critique rows
@@ -79,8 +94,9 @@ def parse_problem(text: str) -> ToyProblem:
     return ToyProblem(int(m.group(1)), tuple((t[0], int(t[1])) for t in re.findall(r"[+-][1-9]", m.group(2))))
 
 
-def solution_steps(p: ToyProblem, flaw=None, flaw_step=0, delta=1) -> list[str]:
-    """Steps of a solution; flaw in (None, "slip", "miscopy") applied at operation `flaw_step`."""
+def solution_steps(p: ToyProblem, flaw=None, flaw_step=0, delta=1, final_delta=0) -> list[str]:
+    """Steps of a solution; flaw in (None, "slip", "miscopy") applied at operation `flaw_step`;
+    final_delta != 0 writes the boxed answer off by that much (a wrong answer)."""
     steps, prev = [], p.first
     for k, ((op, b), v) in enumerate(zip(p.ops, p.running_values())):
         shown_b, shown_v = b, v
@@ -90,7 +106,7 @@ def solution_steps(p: ToyProblem, flaw=None, flaw_step=0, delta=1) -> list[str]:
             shown_b = b + delta
         steps.append(f"{prev}{op}{shown_b}={shown_v}")
         prev = v  # carry on from the right value: the final answer stays right
-    steps.append(f"\\boxed{{{p.answer}}}")
+    steps.append(f"\\boxed{{{p.answer + final_delta}}}")
     return steps
 
 
@@ -142,10 +158,31 @@ def first_error(p: ToyProblem, steps: list[str]) -> int:
 
 # ---- rows: policy prompts and GenRM critique rows ----
 
-def sft_example(rng: random.Random, flawed_share: float) -> tuple[list, str]:
-    """(prompt, solution) for the SFT cold start; the solution is flawed with probability flawed_share."""
+REGIMES = ("coupled", "decoupled")
+
+
+def sft_example(rng: random.Random, flawed_share: float, regime="coupled", slip_share=0.2) -> tuple[list, str]:
+    """(prompt, solution) for the SFT cold start; the solution is flawed with probability flawed_share.
+
+    regime "decoupled": the flaw is a miscopied operand in the last step (the result, and so the answer,
+    stays right), and with probability slip_share, drawn independently of the flaw, the answer is an early
+    one (the value before the last operation: a wrong answer that no flaw predicts). "coupled" (the
+    default) ignores slip_share and draws exactly what it always has.
+    """
+    if regime not in REGIMES:
+        raise ValueError(f"toy regime must be one of {REGIMES}, got {regime!r}")
     p = make_problem(rng)
-    return problem_row(p).prompt, solution(p, rng, flawed=rng.random() < flawed_share)
+    if regime == "coupled":
+        return problem_row(p).prompt, solution(p, rng, flawed=rng.random() < flawed_share)
+    flaw, k, delta = last_step_miscopy(p, rng) if rng.random() < flawed_share else (None, 0, 0)
+    early = p.running_values()[-2] - p.answer if rng.random() < slip_share else 0
+    return problem_row(p).prompt, "\n\n".join(solution_steps(p, flaw, k, delta, final_delta=early))
+
+
+def last_step_miscopy(p: ToyProblem, rng: random.Random):
+    """(flaw, step, delta): the last step's operand written off by 1 or 2 (staying in 1..9)."""
+    k = len(p.ops) - 1
+    return "miscopy", k, rng.choice([d for d in (-2, -1, 1, 2) if 1 <= p.ops[k][1] + d <= 9])
 
 
 def problem_row(p: ToyProblem) -> Row:

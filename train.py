@@ -161,6 +161,9 @@ def build_parser(suppress=False):
     add("--sft-lr", 1e-5, type=float)
     add("--sft-warmup", 50, type=int)
     add("--sft-flawed-share", 0.3, type=float, help="toy: share of SFT traces with a flawed step")
+    add("--toy-regime", "coupled", choices=list(toy.REGIMES), help="toy SFT traces: coupled (the demo) or decoupled, "
+        "whose wrong answers come from final slips independent of the flaws (toy.py; wants --sft-steps 3000)")
+    add("--sft-slip-share", 0.2, type=float, help="toy, decoupled: share of SFT traces with a final slip (early answer)")
     # evaluation and logging
     add("--eval-every", 10, type=int, help="RL steps between evaluations (0: only at start and end)")
     add("--eval-prompts", 0, type=int, help="test prompts per evaluation (0: all)")
@@ -216,7 +219,7 @@ def validate(cfg):
     need(cfg.eval_temperature >= 0 and cfg.genrm_temperature >= 0, "temperatures must be >= 0")
     need(0 <= cfg.fapo_lambda, f"--fapo-lambda must be >= 0, got {cfg.fapo_lambda}")
     need(cfg.rollouts >= 2 or cfg.task == "sft", "--rollouts must be >= 2: a GRPO group of one has zero advantage")
-    need(0 <= cfg.sft_flawed_share <= 1, "--sft-flawed-share must be in [0, 1]")
+    need(0 <= cfg.sft_flawed_share <= 1 and 0 <= cfg.sft_slip_share <= 1, "--sft-*-share must be in [0, 1]")
     need(cfg.clip_c > 1, "--clip-c must be > 1")
     need(cfg.overlong_buffer < cfg.max_response_len,
          f"--overlong-buffer {cfg.overlong_buffer} must be < --max-response-len {cfg.max_response_len}, "
@@ -571,7 +574,7 @@ def sft_pairs(cfg, step, world):
         if cfg.toy and cfg.task == "genrm":  # toy GenRM cold start: checker-written critiques
             prompt, response = toy.critic_sft_example(rng)
         elif cfg.toy:
-            prompt, response = toy.sft_example(rng, cfg.sft_flawed_share)
+            prompt, response = toy.sft_example(rng, cfg.sft_flawed_share, cfg.toy_regime, cfg.sft_slip_share)
         else:  # user data: the target is extra_info.response
             row = cfg.sft_rows[rng.randrange(len(cfg.sft_rows))]
             prompt, response = row.prompt, row.extra_info["response"]

@@ -106,3 +106,66 @@ def test_model_judge_on_critic_rows(tmp_path):
     m = genrm.evaluate_rows(judge, rows)
     assert m["avg_response_tokens"] > 0 and 0.0 <= m["unparseable"] <= 1.0 and "toy_critic/pb_f1" in m
     genrm.main(["--model", str(tmp_path), "--data", "toy", "--limit", "4", "--max-new-tokens", "4"])
+
+
+# ---- the two SFT regimes ----
+
+def test_coupled_regime_is_unchanged():
+    """The default regime draws exactly what it drew before regimes existed (values from the parent commit)."""
+    import hashlib
+    rng = random.Random(16)
+    first = [toy.sft_example(rng, 0.3) for _ in range(4)]
+    assert [r for _, r in first] == ["6+7=14\n\n14-5=9\n\n9-4=5\n\n\\boxed{5}", "1+5=6\n\n6+6=12\n\n12+5=17\n\n\\boxed{17}",
+                                     "5+3=8\n\n8-8=0\n\n\\boxed{0}", "5-5=0\n\n0+5=5\n\n\\boxed{5}"]
+    assert toy.sft_example(rng, 0.3)[0] == [{"role": "user", "content": "2+8+7+5"}]
+    for regime_args in ((), ("coupled",), ("coupled", 0.9)):  # slip_share means nothing in the coupled regime
+        rng = random.Random(16)
+        got = [toy.sft_example(rng, 0.3, *regime_args) for _ in range(2000)]
+        assert hashlib.sha256(json.dumps(got).encode()).hexdigest() == \
+            "61aa614b44b1b7daa80e644ea7c1f6ee916ab32a65285c7be54cf093b3402508"
+    with pytest.raises(ValueError):
+        toy.sft_example(rng, 0.3, "nope")
+
+
+def _decoupled_traces(n, flawed_share, slip_share, seed=0):
+    """(problem, steps, flawed, final_slip) for n decoupled SFT traces; flawed / final_slip read off the text
+    against the clean solution, not taken from the generator."""
+    rng, out = random.Random(seed), []
+    for _ in range(n):
+        prompt, response = toy.sft_example(rng, flawed_share, "decoupled", slip_share)
+        p = toy.parse_problem(prompt[0]["content"])
+        steps, clean = split_steps(response), toy.solution_steps(p)
+        assert len(steps) == len(clean)
+        diff = [k for k in range(len(p.ops)) if steps[k] != clean[k]]
+        assert len(diff) <= 1, "at most one flawed step"
+        for k in diff:  # a miscopied operand in the last step: the result, the only value carried on, stays right
+            assert k == len(p.ops) - 1
+            assert steps[k].split("=")[1] == clean[k].split("=")[1] and steps[k].split("=")[0] != clean[k].split("=")[0]
+        out.append((p, steps, bool(diff), steps[-1] != clean[-1]))
+    return out
+
+
+def test_decoupled_regime_flaws_never_change_the_answer():
+    traces = _decoupled_traces(2000, flawed_share=0.3, slip_share=0.0)
+    assert 0.25 < sum(f for _, _, f, _ in traces) / len(traces) < 0.35
+    for p, steps, flawed, slip in traces:
+        assert not slip and verify("\n\n".join(steps), str(p.answer))[0]
+        assert toy.first_error(p, steps) == (-1 if not flawed else next(
+            k for k, (s, c) in enumerate(zip(steps, toy.solution_steps(p))) if s != c))
+
+
+def test_decoupled_regime_wrong_answers_are_independent_of_flaws():
+    traces = _decoupled_traces(2000, flawed_share=0.3, slip_share=0.2, seed=1)
+    flawed = [t for t in traces if t[2]]
+    clean = [t for t in traces if not t[2]]
+    rate = lambda ts: sum(t[3] for t in ts) / len(ts)  # noqa: E731
+    assert 0.25 < len(flawed) / len(traces) < 0.35 and 0.17 < rate(traces) < 0.23
+    # independent: the final-slip rate is the same with and without a flaw (2 sd of the difference ~ 0.04)
+    assert abs(rate(flawed) - rate(clean)) < 0.05
+    for p, steps, is_flawed, slip in traces:
+        boxed = int(steps[-1][len("\\boxed{"):-1])
+        assert boxed == (p.running_values()[-2] if slip else p.answer)  # a final slip: an early, wrong answer
+        # the checker flags exactly the flawed step; a final slip alone is flagged at the answer paragraph
+        want = next((k for k, (s, c) in enumerate(zip(steps, toy.solution_steps(p))) if s != c), -1)
+        assert toy.first_error(p, steps) == want
+        assert verify("\n\n".join(steps), str(p.answer))[0] == (not slip)
