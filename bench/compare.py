@@ -7,7 +7,7 @@ GenRM in place of the oracle. Every arm is an ordinary `python train.py --task r
 
     python bench/compare.py                       # full: lambdas 0 0.5 1 1.5, 3 seeds (~20 min on 2 cores)
     python bench/compare.py --quick               # lambdas 0 1, 1 seed, 30 steps (a smoke test)
-    python bench/compare.py --genrm out/genrm/rl/ckpt   # adds a FAPO arm judged by that learned GenRM
+    python bench/compare.py --genrm out/genrm/rl/hf   # adds a FAPO arm judged by that learned GenRM
 
 Writes OUT/compare.md (the table) and OUT/compare.png (needs matplotlib; skipped without it).
 """
@@ -63,10 +63,10 @@ os.makedirs(args.out, exist_ok=True)
 t0 = time.time()
 sft_dir = os.path.join(args.out, "sft")
 common = ["--steps", str(args.steps), "--eval-every", str(args.eval_every), "--eval-prompts", str(args.eval_prompts)]
-if not os.path.exists(os.path.join(sft_dir, "sft", "ckpt", "trainer_state.pt")):
+if not os.path.exists(os.path.join(sft_dir, "sft", "hf", "model.safetensors")):  # the phase's final export
     print(f"SFT cold start ({args.sft_steps} steps) ...", flush=True)
     run(["--sft-steps", str(args.sft_steps), "--steps", "0", "--out", sft_dir], os.path.join(args.out, "sft.log"))
-ckpt = os.path.join(sft_dir, "sft", "ckpt")
+ckpt = os.path.join(sft_dir, "sft", "hf")
 arms = [(f"lambda={lam:g}", lam, "oracle") for lam in args.lambdas]
 if args.genrm:
     arms.append(("lambda=1 learned GenRM", 1.0, args.genrm))

@@ -127,10 +127,10 @@ def test_end_to_end_demo_checkpoint_and_resume(tmp_path):
     assert any(m.get("eval") == "step2" for m in rl)
     from transformers import AutoModelForCausalLM
     init = toy.build_model(toy.tokenizer(), seed=0)
-    loaded = AutoModelForCausalLM.from_pretrained(os.path.join(out, "rl", "ckpt"))
+    loaded = AutoModelForCausalLM.from_pretrained(os.path.join(out, "rl", "hf"))  # the phase's HF export
     assert any(not torch.equal(a, b) for a, b in zip(init.state_dict().values(), loaded.state_dict().values()))
-    state = torch.load(os.path.join(out, "rl", "ckpt", "trainer_state.pt"), weights_only=True)
-    assert state["step"] == 3
+    assert os.path.realpath(os.path.join(out, "rl", "hf")).endswith("step_000003")
+    assert open(os.path.join(out, "rl", "ckpt", "latest")).read() == "step_000003"
     # resume: 2 more steps continue from step 3, with the checkpoint's weights
     train.main(TINY + ["--out", out, "--resume", "--steps", "5", "--sft-steps", "6"])
     rl = read_jsonl(os.path.join(out, "rl", "metrics.jsonl"))
