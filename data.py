@@ -3,6 +3,7 @@
 Everything the rest of the project knows about data lives here, with no model in sight:
 
     load_rows(path)                 verl-schema rows from .jsonl / .json / .parquet, validated
+    answer_issues(ground_truth)     why verify can never match it (27.0, 025, ...); load_rows warns on these
     last_boxed(text)                content of the last \\boxed{...}
     normalize_answer(s)             DAPO's normalize_final_answer, verbatim semantics
     verify(response, ground_truth)  the paper's rule verifier (R_rule in {+1, -1}): +1 iff the normalised answers match
@@ -10,10 +11,19 @@ Everything the rest of the project knows about data lives here, with no model in
     encode_prompt / encode_rows     prompt token ids through the chat template; over-long rows dropped
 
 Use: `rows = load_rows("train.parquet"); ok, pred = verify(response_text, rows[0].ground_truth)`.
+Plain problem/answer rows -> verl rows with the official prompt, answers canonicalised (27.0 -> 27):
+
+    python data.py prepare aime24.jsonl aime24.parquet --source aime24 [--problem-key problem --answer-key answer]
+    python data.py prepare gpqa_diamond.jsonl gpqa.parquet --source gpqa-diamond --gpqa
 """
+import io
 import json
+import math
 import os
+import random
 import re
+import sys
+import warnings
 from dataclasses import dataclass, field
 
 # ---- rows (verl's schema) ----
@@ -44,8 +54,9 @@ def _check_prompt(prompt, path, i):
     for j, m in enumerate(prompt):
         if not isinstance(m, dict) or not isinstance(m.get("role"), str) or not isinstance(m.get("content"), str):
             raise _bad(path, i, f"prompt[{j}]", "expected {'role': str, 'content': str}")
-    if not any(m["content"].strip() for m in prompt):
-        raise _bad(path, i, "prompt", "every message is empty")
+    # the policy answers a user message and problem_text shows it to the GenRM: a system-only prompt is no task
+    if not any(m["role"] == "user" and m["content"].strip() for m in prompt):
+        raise _bad(path, i, "prompt", "no non-empty user message")
     return [{"role": m["role"], "content": m["content"]} for m in prompt]
 
 
@@ -53,18 +64,20 @@ def _check_row(raw, path, i):
     if not isinstance(raw, dict):
         raise _bad(path, i, "<row>", f"expected an object, got {type(raw).__name__}")
     prompt = _check_prompt(raw.get("prompt"), path, i)
+    extra = raw.get("extra_info") or {}
+    if not isinstance(extra, dict):
+        raise _bad(path, i, "extra_info", f"expected an object, got {type(extra).__name__}")
     rm = raw.get("reward_model")
-    if not isinstance(rm, dict) or "ground_truth" not in rm or rm["ground_truth"] is None:
+    gt = rm.get("ground_truth") if isinstance(rm, dict) else None
+    if gt is None and isinstance(extra.get("raw_info"), dict):  # official GenRM eval rows keep the label there
+        gt = extra["raw_info"].get("label")
+    if gt is None:
         raise _bad(path, i, "reward_model.ground_truth", "missing")
-    gt = rm["ground_truth"]
     # bool is an int subclass in Python: reject it explicitly rather than score against "True"
     if isinstance(gt, bool) or not isinstance(gt, (str, int)):
         raise _bad(path, i, "reward_model.ground_truth", f"expected str or int, got {type(gt).__name__}")
     if isinstance(gt, str) and not gt.strip():
         raise _bad(path, i, "reward_model.ground_truth", "empty string")
-    extra = raw.get("extra_info") or {}
-    if not isinstance(extra, dict):
-        raise _bad(path, i, "extra_info", f"expected an object, got {type(extra).__name__}")
     if extra.get("total_steps") is not None:
         n = extra["total_steps"]
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
@@ -75,20 +88,36 @@ def _check_row(raw, path, i):
     return Row(prompt, gt, extra, source)
 
 
+def _utf8(path, raw: bytes, jsonl: bool) -> str:
+    """A file's bytes as text; a bad byte raises ValueError naming the file and line (the row, for .jsonl)."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        head = raw[:e.start].decode("utf-8").replace("\r\n", "\n").replace("\r", "\n")  # lines as open() splits them
+        line, col = head.count("\n") + 1, len(head) - head.rfind("\n")
+        why = f"not valid UTF-8 at column {col} ({e.reason})"
+        raise (_bad(path, line, "<json>", why) if jsonl else ValueError(f"{path}: line {line}: {why}")) from None
+
+
 def _read_raw(path):
     """Yield (row number, raw dict); row numbers are 1-based (the line number for .jsonl)."""
     if path.endswith(".jsonl"):
-        with open(path, encoding="utf-8") as f:
-            for i, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    yield i, json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise _bad(path, i, "<json>", str(e)) from None
+        with open(path, "rb") as f:
+            text = _utf8(path, f.read(), jsonl=True)
+        for i, line in enumerate(io.StringIO(text, newline=None), 1):  # universal newlines, as open() reads
+            if not line.strip():
+                continue
+            try:
+                yield i, json.loads(line)
+            except json.JSONDecodeError as e:
+                raise _bad(path, i, "<json>", str(e)) from None
     elif path.endswith(".json"):
-        with open(path, encoding="utf-8") as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            text = _utf8(path, f.read(), jsonl=False)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: line {e.lineno}, column {e.colno}: invalid JSON ({e.msg})") from None
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of rows")
         yield from enumerate(data, 1)
@@ -99,12 +128,23 @@ def _read_raw(path):
         raise ValueError(f"{path}: unknown format (expected .jsonl, .json or .parquet)")
 
 
+class DataWarning(UserWarning):
+    """Rows that load but will score wrong (ground truths the verifier can never or rarely match)."""
+
+
 def load_rows(path) -> list[Row]:
-    """All rows of a verl-style data file; the first bad row raises ValueError(file, row, field)."""
+    """All rows of a verl-style data file; the first bad row raises ValueError(file, row, field). Ground
+    truths verify cannot match (answer_issues) get one DataWarning per file (warnings.warn: filterable)."""
     path = os.fspath(path)
-    rows = [_check_row(raw, path, i) for i, raw in _read_raw(path)]
+    numbered = [(i, _check_row(raw, path, i)) for i, raw in _read_raw(path)]  # .jsonl: i is the line number
+    rows = [r for _, r in numbered]
     if not rows:
         raise ValueError(f"{path}: no rows")
+    issues = [(i, why) for i, r in numbered if (why := answer_issues(r.ground_truth))]
+    if issues:
+        first = ", ".join(f"row {i} ({why})" for i, why in issues[:3])
+        warnings.warn(f"{path}: {len(issues)} of {len(rows)} ground truths can (probably) never be matched by "
+                      f"verify: {first}{', ...' if len(issues) > 3 else ''}", DataWarning, stacklevel=2)
     return rows
 
 
@@ -148,7 +188,10 @@ def problem_text(row: Row) -> str:
     q = row.extra_info.get("question") or row.extra_info.get("problem")
     if isinstance(q, str) and q.strip():
         return q
-    return [m["content"] for m in as_messages(row.prompt) if m["role"] == "user"][-1]
+    msgs = as_messages(row.prompt)
+    users = [m["content"] for m in msgs if m["role"] == "user"]
+    # load_rows guarantees a user message; a Row built by hand may lack one: fall back, never IndexError
+    return users[-1] if users else (msgs[-1]["content"] if msgs else "")
 
 
 # ---- answer checking (DAPO's math verifier, as FAPO trained with it) ----
@@ -164,13 +207,10 @@ def last_boxed(text: str) -> str | None:
     if start < 0:
         return None
     depth = 0
-    for i in range(start + len("\\boxed"), len(text)):
-        if text[i] == "{":
-            depth += 1
-        elif text[i] == "}":
-            depth -= 1
-            if depth == 0:
-                return text[start + len("\\boxed{"):i]
+    for m in re.finditer(r"[{}]", text[start + len("\\boxed"):]):  # one pass over the braces: linear
+        depth += 1 if m.group() == "{" else -1
+        if depth == 0:
+            return text[start + len("\\boxed{"):start + len("\\boxed") + m.start()]
     return None
 
 
@@ -187,6 +227,53 @@ _REMOVED_EXPRESSIONS = [
 ]
 
 
+# A line with two '$' or more becomes '$' + what lies between its first two '$' + '$' (DAPO's regex can only
+# match from a line's start, its greedy tail eats the line); anchored at line starts, each line is read once.
+_DOLLAR_PAIR = re.compile(r"^[^\n$]*\$([^\n$]*)\$[^\n]*", re.M)
+
+
+def _unwrap_lazy(s: str, head: str) -> str:
+    """Each `head` (say '\\text{') with a '}' later on its line is replaced, up to the first such '}', by
+    what lies between; scanning resumes after that '}', as re.sub does (no rescan of the output)."""
+    out, pos, k = [], 0, len(head)
+    close = eol = -1  # next '}' and next '\n' at or after the current content start, reused while ahead
+    p = s.find(head)
+    while p >= 0:
+        start = p + k
+        if close < start:
+            close = s.find("}", start)
+            if close < 0:
+                break  # no '}' left anywhere: no more matches
+        if eol < start:
+            eol = s.find("\n", start)
+            eol = len(s) if eol < 0 else eol
+        if close < eol:
+            out += [s[pos:p], s[start:close]]
+            pos = close + 1
+            p = s.find(head, pos)
+        else:
+            p = s.find(head, p + 1)
+    out.append(s[pos:])
+    return "".join(out)
+
+
+def _unwrap_greedy(s: str, head: str) -> str:
+    """Per line: the first `head` with a '}' after it on the line is replaced, up to the line's last '}',
+    by what lies between (a greedy (.*) then backs off to the last '}'); the rest of that line has no '}'."""
+    out, pos, k = [], 0, len(head)
+    p = s.find(head)
+    while p >= 0:
+        eol = s.find("\n", p + k)
+        eol = len(s) if eol < 0 else eol
+        close = s.rfind("}", p + k, eol)
+        if close >= 0:
+            out += [s[pos:p], s[p + k:close]]
+            pos = close + 1
+        p = s.find(head, eol)
+    out.append(s[pos:])
+    return "".join(out)
+
+
 def normalize_answer(s: str) -> str:
     """DAPO's `normalize_final_answer` (Minerva's, Lewkowycz et al. 2022 app. D), same steps, same order.
 
@@ -201,11 +288,14 @@ def normalize_answer(s: str) -> str:
         s = s.replace(before, after)
     for expr in _REMOVED_EXPRESSIONS:
         s = s.replace(expr, "")
-    s = re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", s)
-    s = re.sub(r"(\\text\{)(.*?)(\})", "\\2", s)
-    s = re.sub(r"(\\textbf\{)(.*?)(\})", "\\2", s)
-    s = re.sub(r"(\\overline\{)(.*?)(\})", "\\2", s)
-    s = re.sub(r"(\\boxed\{)(.*)(\})", "\\2", s)
+    # DAPO's next five steps are re.subs whose (.*?) / (.*) make them quadratic in the length (a 100k-char
+    # ground truth took minutes); these give the same output in linear time (tests check parity with the
+    # regexes on random strings). Without re.DOTALL '.' stops at '\n', so each works within lines.
+    s = _DOLLAR_PAIR.sub(r"$\1$", s)          # re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", s)
+    s = _unwrap_lazy(s, "\\text{")            # re.sub(r"(\\text\{)(.*?)(\})", "\\2", s)
+    s = _unwrap_lazy(s, "\\textbf{")          # re.sub(r"(\\textbf\{)(.*?)(\})", "\\2", s)
+    s = _unwrap_lazy(s, "\\overline{")        # re.sub(r"(\\overline\{)(.*?)(\})", "\\2", s)
+    s = _unwrap_greedy(s, "\\boxed{")         # re.sub(r"(\\boxed\{)(.*)(\})", "\\2", s)
     s = re.sub(r"(frac)([^{])(.)", "frac{\\2}{\\3}", s)  # \fracab -> \frac{a}{b}
     s = re.sub(r"(sqrt)([^{])", "sqrt{\\2}", s)  # \sqrta -> \sqrt{a}
     s = s.replace("$", "")
@@ -232,9 +322,129 @@ def verify(response: str, ground_truth) -> tuple[bool, str]:
     return (boxed is not None and gt != "" and pred == gt), pred
 
 
+_INT_FLOAT = re.compile(r"[+-]?[0-9]+\.0+")  # 27.0, 27.00
+_LEADING_ZERO = re.compile(r"[+-]?0[0-9]+")  # 025
+
+
+def answer_issues(ground_truth) -> str | None:
+    """Why verify can never (or will probably never) score this ground truth +1; None if it looks fine.
+    A match is string equality after normalize_answer: "27.0" never equals a model's \\boxed{27}, "025"
+    not \\boxed{25} (`python data.py prepare` canonicalises both)."""
+    gt = normalize_answer(str(ground_truth))
+    if not gt:
+        return "normalises to an empty string"
+    if _INT_FLOAT.fullmatch(gt):
+        return f"integer written as a float: {gt[:20]} is not matched by \\boxed{{{canonical_answer(gt)[:20]}}}"
+    if _LEADING_ZERO.fullmatch(gt):
+        return f"leading zero: {gt[:20]} is not matched by \\boxed{{{canonical_answer(gt)[:20]}}}"
+    if len(gt) > VERIFY_WINDOW - len("\\boxed{}"):
+        return f"{len(gt)} characters normalised: longer than verify's {VERIFY_WINDOW}-character window"
+    return None
+
+
+def canonical_answer(answer) -> str:
+    """An answer as a ground-truth string: integer-valued floats as integers (27.0 / "27.0" -> "27"),
+    integers without leading zeros ("025" -> "25"); anything else as written (str() for other numbers)."""
+    if isinstance(answer, float) and answer.is_integer():
+        return str(int(answer))
+    s = str(answer).strip()
+    if _INT_FLOAT.fullmatch(s) or _LEADING_ZERO.fullmatch(s):
+        digits = s.lstrip("+-").split(".")[0].lstrip("0") or "0"
+        return "-" + digits if s[0] == "-" and digits != "0" else digits
+    return str(answer)
+
+
 # ---- steps ----
 
 
 def split_steps(text: str) -> list[str]:
     """Paragraphs split at blank lines (lines of only whitespace), stripped, empties dropped."""
     return [p.strip() for p in re.split(r"\n[ \t\r\f\v]*\n", text) if p.strip()]
+
+
+# ---- data preparation: python data.py prepare IN.jsonl OUT.parquet --source NAME ----
+
+# The official FAPO data script (fapo/fapo_reasoning/data_process.py in github.com/yyDing1/FAPO; the same
+# file is verl's recipe/fapo/prepare_fapo_data.py) builds every math prompt (DAPO-Math-17k, AIME24/25) as
+# problem.strip() + "\n\n" + MATH_SUFFIX, and GPQA-Diamond prompts with GPQA_TEMPLATE: the three wrong
+# options shuffled, the right one inserted at a random position, the answer its letter.
+MATH_SUFFIX = "Please reason step by step, and put your final answer within \\boxed{}."
+GPQA_TEMPLATE = ("{Question}\nA. {A}\nB. {B}\nC. {C}\nD. {D}\n\n"
+                 "Please reason step by step, and put your final answer (only the choice letter) within \\boxed{{}}.")
+GPQA_KEYS = ("Question", "Correct Answer", "Incorrect Answer 1", "Incorrect Answer 2", "Incorrect Answer 3")
+
+
+def _field(rec, key, path, i, number_ok):
+    v = rec.get(key)
+    if isinstance(v, str) and v.strip() or number_ok and type(v) in (int, float) and math.isfinite(v):  # no bools
+        return v
+    raise _bad(path, i, key, f"expected a non-empty string{' or a number' * number_ok}, got {v!r:.60}")
+
+
+def prepare_rows(records, source, problem_key="problem", answer_key="answer", gpqa=False, seed=0, path="<input>"):
+    """(verl rows as the official script writes them, [(row number, answer before, after)] canonicalised)
+    from (row number, dict) records. gpqa: GPQA's columns (GPQA_KEYS); the official script shuffles the
+    options with the unseeded global RNG, we with Random(seed)."""
+    rng, rows, changed = random.Random(seed), [], []
+    for i, rec in records:
+        if not isinstance(rec, dict):
+            raise _bad(path, i, "<row>", f"expected an object, got {type(rec).__name__}")
+        if gpqa:
+            question = _field(rec, "Question", path, i, False)
+            options = [str(_field(rec, k, path, i, True)).strip() for k in GPQA_KEYS[2:]]
+            rng.shuffle(options)
+            gold = rng.randint(0, 3)
+            options.insert(gold, str(_field(rec, "Correct Answer", path, i, True)).strip())
+            prompt, answer = GPQA_TEMPLATE.format(Question=question, **dict(zip("ABCD", options))), "ABCD"[gold]
+        else:
+            question, raw = _field(rec, problem_key, path, i, False), _field(rec, answer_key, path, i, True)
+            prompt, answer = question.strip() + "\n\n" + MATH_SUFFIX, canonical_answer(raw)
+            if answer != str(raw):
+                changed.append((i, raw, answer))
+        rows.append({"data_source": source, "prompt": [{"role": "user", "content": prompt}],
+                     "ability": "General" if gpqa else "Math",
+                     "reward_model": {"ground_truth": answer, "style": "rule"},
+                     "extra_info": {"index": len(rows), "question": question}})
+    return rows, changed
+
+
+def prepare(inp, out, source, problem_key="problem", answer_key="answer", gpqa=False, seed=0) -> list[Row]:
+    """Plain problem/answer rows (.jsonl/.json/.parquet) -> verl rows in out (.jsonl/.parquet), read back
+    through load_rows; prints how many answers were canonicalised, with examples."""
+    if not out.endswith((".jsonl", ".parquet")):
+        raise ValueError(f"{out}: expected a .jsonl or .parquet output")
+    rows, changed = prepare_rows(_read_raw(inp), source, problem_key, answer_key, gpqa, seed, inp)
+    if out.endswith(".jsonl"):
+        with open(out, "w", encoding="utf-8") as f:
+            f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+    else:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+        pq.write_table(pa.Table.from_pylist(rows), out)
+    examples = ", ".join(f"row {i}: {before!r} -> {after!r}" for i, before, after in changed[:3])
+    print(f"{inp}: {len(rows)} rows -> {out} (data_source {source!r}); {len(changed)} answers canonicalised"
+          + (f" ({examples}{', ...' if len(changed) > 3 else ''})" if changed else ""))
+    return load_rows(out)
+
+
+def main(argv=None):
+    import argparse
+    ap = argparse.ArgumentParser(prog="data.py", description="Data tools for FAPO runs.")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("prepare", help="plain problem/answer rows -> verl rows with the official FAPO prompt")
+    p.add_argument("input", help="plain rows: .jsonl (one object a line), .json (a list) or .parquet")
+    p.add_argument("output", help="verl rows: .jsonl or .parquet")
+    p.add_argument("--source", required=True, help="data_source of every row (evaluation groups by it), e.g. aime24")
+    p.add_argument("--problem-key", default="problem")
+    p.add_argument("--answer-key", default="answer", help="(a string or a number)")
+    p.add_argument("--gpqa", action="store_true", help="GPQA's columns -> the official multiple-choice prompt")
+    p.add_argument("--seed", type=int, default=0, help="--gpqa: seed of the option shuffle")
+    a = ap.parse_args(argv)
+    try:
+        prepare(a.input, a.output, a.source, a.problem_key, a.answer_key, a.gpqa, a.seed)
+    except (ValueError, OSError) as e:
+        sys.exit(f"data.py prepare: {e}")
+
+
+if __name__ == "__main__":
+    main()

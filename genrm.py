@@ -14,26 +14,22 @@ i.e. outcome +1/-1 plus process -|t - t*|/n when both say flawed.
     parse_index(text, n_steps)                  strict: -1 or 0..n-1 from the last \\boxed{}, else None
     genrm_reward(pred, target, n_steps)         the reward above
     critic_metrics(preds, labels, ...)          ProcessBench and FlawedPositiveBench numbers
-    critic_rewards / check_critic_rows          a batch of GenRM rollouts scored; critic rows validated
+    critic_rewards                              a batch of GenRM rollouts scored
+    check_critic_rows / load_critic_rows        critic rows (ours or the official eval format) normalised, checked
+    pb_subset, report                           ProcessBench subset of a data_source; metrics labelled officially
     Verdict, ModelJudge                         a judge's answer; a transformers GenRM as FAPO's judge
-    HTTPJudge                                   a GenRM served by vLLM / SGLang (OpenAI-compatible API)
+    (genrm_http.HTTPJudge                       a GenRM served by vLLM / SGLang: the client lives in genrm_http.py)
 
-Evaluate a GenRM on critique rows (FAPO-Critic / ProcessBench row format, or 512 toy rows):
+Evaluate a GenRM on critique rows (FAPO-Critic / ProcessBench rows, ours or the official eval format with
+extra_info.raw_info.{label, final_answer_correct}; or 512 toy rows). It prints the pooled "F1 (PB)", each
+subset's f1 (data_source suffix gsm8k / math / olympiadbench / omnimath) and their "avg f1":
 
     python genrm.py --model DIR --data rows.jsonl [--votes 4 --temperature 0.6 --top-p 0.95]
     python genrm.py --model oracle --data toy      # the toy checker (toy.py): every metric 1.0
     python genrm.py --model http://127.0.0.1:8000/v1 --genrm-model NAME --data rows.jsonl   # a served GenRM
 """
-import http.client
 import json
-import os
-import random
 import re
-import threading
-import time
-import urllib.error
-import urllib.request
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -88,9 +84,14 @@ def parse_index(text: str, n_steps: int) -> int | None:
     around the number are allowed ("\\boxed{ 3 }"); "3.0", "1+2", "paragraph 3", "" are not.
     """
     content = last_boxed(text)
-    if content is None or not _INT.fullmatch(content.strip()):
+    if content is None or not _INT.fullmatch(content := content.strip()):
         return None
-    k = int(content.strip())
+    # more digits than n_steps has is out of range: never hand int() a huge digit string (it raises
+    # past 4300 digits, leading zeros included)
+    digits = content.lstrip("+-").lstrip("0") or "0"
+    if len(digits) > len(str(max(n_steps, 1))):
+        return None
+    k = -int(digits) if content[0] == "-" else int(digits)
     return k if k == -1 or 0 <= k < n_steps else None
 
 
@@ -115,16 +116,44 @@ def genrm_reward(pred: int | None, target: int, n_steps: int) -> float:
 
 
 def check_critic_rows(rows: list[Row], path: str) -> None:
-    """Critic rows need an int label in -1..n-1 (a strict-integer string is converted) and n = total_steps."""
+    """Normalise and check critic rows in place (training and evaluation run the same checks).
+
+    The label is the first wrong step in -1..n-1 with n = extra_info.total_steps. Official eval rows keep
+    label and final-answer flag in extra_info.raw_info (those win, as in the official script); a
+    strict-integer string label ("-1") becomes an int; a missing total_steps is counted from the prompt's
+    <paragraph_i> tags when the prompt is a GenRM prompt; final_answer_correct, if present, must be a bool.
+    """
     for i, r in enumerate(rows, 1):
+        raw = r.extra_info.get("raw_info")
+        if isinstance(raw, dict):
+            if raw.get("label") is not None:
+                r.ground_truth = raw["label"]
+            if "final_answer_correct" in raw:
+                r.extra_info["final_answer_correct"] = raw["final_answer_correct"]
         if isinstance(r.ground_truth, str) and _INT.fullmatch(r.ground_truth.strip()):
             r.ground_truth = int(r.ground_truth.strip())
+        if r.extra_info.get("total_steps") is None:
+            try:
+                last = "".join(m["content"] for m in as_messages(r.prompt)[-1:])
+                r.extra_info["total_steps"] = len(parse_genrm_prompt(last)[2]) or None
+            except ValueError:
+                pass
         n = r.extra_info.get("total_steps")
         if not isinstance(n, int):
             raise ValueError(f"{path}: row {i}: field 'extra_info.total_steps': missing (a critic row needs it)")
-        if not isinstance(r.ground_truth, int) or not -1 <= r.ground_truth < n:
+        if isinstance(r.ground_truth, bool) or not isinstance(r.ground_truth, int) or not -1 <= r.ground_truth < n:
             raise ValueError(f"{path}: row {i}: field 'reward_model.ground_truth': expected the first wrong step "
                              f"in -1..{n - 1}, got {r.ground_truth!r}")
+        if not isinstance(r.extra_info.get("final_answer_correct", False), bool):
+            raise ValueError(f"{path}: row {i}: field 'extra_info.final_answer_correct': expected a bool, "
+                             f"got {r.extra_info['final_answer_correct']!r}")
+
+
+def load_critic_rows(path) -> list[Row]:
+    """Critique rows (ours or the official eval format) loaded and checked as training checks them."""
+    rows = load_rows(path)
+    check_critic_rows(rows, str(path))
+    return rows
 
 
 def critic_rewards(rows: list[Row], texts: list[str]) -> tuple[list, dict, list]:
@@ -182,18 +211,19 @@ def critic_metrics(preds, labels, final_correct=None, subsets=None) -> dict:
 
     preds: ints or None (unparseable, counted like any index other than -1, as the official script
     does); labels: ints (-1 = clean); final_correct: bools, whether each solution's final answer is
-    right (FlawedPositiveBench uses those rows only; all rows when not given); subsets: names, for
-    ProcessBench's per-subset F1 averaged over subsets. Empty denominators give 0.0.
+    right (FlawedPositiveBench uses those rows only; all rows when not given). pb_f1 is the official
+    "F1 (PB)": pooled over all rows. subsets: a name per row (pb_subset); each subset's metrics come as
+    "{name}/..." and the mean of their F1s as avg_f1 (the official "avg f1"). Empty denominators give 0.0.
     """
     preds, labels = list(preds), list(labels)
     out = _processbench(preds, labels)
     if subsets is not None:
-        per = {}
-        for name in sorted(set(subsets)):
+        names = sorted(set(subsets))
+        for name in names:
             idx = [i for i, s in enumerate(subsets) if s == name]
-            per[name] = _processbench([preds[i] for i in idx], [labels[i] for i in idx])
-            out.update({f"{name}/{k}": v for k, v in per[name].items()})
-        out["pb_f1"] = _safe_div(sum(m["pb_f1"] for m in per.values()), len(per))
+            sub = _processbench([preds[i] for i in idx], [labels[i] for i in idx])
+            out.update({f"{name}/{k}": v for k, v in sub.items()})
+        out["avg_f1"] = _safe_div(sum(out[f"{name}/pb_f1"] for name in names), len(names))
     keep = range(len(preds)) if final_correct is None else [i for i, c in enumerate(final_correct) if c]
     flag = [preds[i] != -1 for i in keep]
     truth = [labels[i] != -1 for i in keep]
@@ -202,6 +232,16 @@ def critic_metrics(preds, labels, final_correct=None, subsets=None) -> dict:
     out.update({"fp_precision": precision, "fp_recall": recall, "fp_f1": _f1(precision, recall),
                 "fp_acc": _safe_div(sum(f == t for f, t in zip(flag, truth)), len(flag)), "n_fp": len(flag)})
     return out
+
+
+PB_SUBSETS = ("olympiadbench", "omnimath", "gsm8k", "math")  # ProcessBench's, longest suffix first
+
+
+def pb_subset(data_source: str) -> str:
+    """The ProcessBench subset of a row: the official script groups by data_source suffix
+    (processbench_gsm8k -> gsm8k); other sources are their own subset. Unlike the official
+    `endswith("math")`, omnimath rows are not also counted in math: each row is in one subset."""
+    return next((s for s in PB_SUBSETS if data_source.endswith(s)), data_source)
 
 
 def majority_vote(indices: list) -> int | None:
@@ -277,218 +317,37 @@ class ModelJudge:
         return self.judge_prompts(prompts, [len(s) for s in step_lists])
 
 
-# ---- a GenRM behind an HTTP endpoint (vLLM, SGLang: OpenAI-compatible chat completions) ----
-#
-# At scale the GenRM runs on its own GPUs under an inference engine, and each correct rollout is one chat
-# completion request. The client is the standard library (urllib in a thread pool), not requests / httpx /
-# aiohttp: one blocking POST per thread is all this needs (a thread waiting on a socket releases the GIL),
-# urllib has per-request timeouts, and requirements.txt stays as it is. What it lacks, connection reuse,
-# costs one TCP handshake per verdict, nothing next to a GenRM writing a critique.
-#
-# Unlike the official client: every request has a timeout and a bounded number of retries; a request that
-# still fails is a Verdict with `error` set (fapo counts it as judge_failed, never a flag), kept apart from
-# an answer without a usable \boxed{} (unparseable); the verdict is parsed, never eval'ed.
-
-FAILURE_KINDS = ("timeout", "refused", "dropped", "http_5xx", "http_4xx", "malformed", "skipped")
-
-
-class _Failure(Exception):
-    """One failed attempt: its kind (one of FAILURE_KINDS), a short reason, and whether to try again."""
-
-    def __init__(self, kind: str, reason: str, retry: bool):
-        super().__init__(reason)
-        self.kind, self.retry = kind, retry
-
-
-def _http_error_message(e: urllib.error.HTTPError) -> str:
-    """The server's own error message when it sent one (vLLM: {"error": {"message": ...}}), shortened."""
-    try:
-        body = json.loads(e.read(2000) or b"{}")
-        err = body.get("error") if isinstance(body, dict) else None
-        msg = err.get("message") if isinstance(err, dict) else err if isinstance(err, str) else body.get("message")
-    except (ValueError, AttributeError, OSError):
-        msg = ""
-    return f"HTTP {e.code} {msg or e.reason}"[:200]
-
-
-def _failure(e: Exception) -> _Failure:
-    """Classify what urllib raised. Retried: anything that may pass on a second try (no connection, a
-    timeout, a dropped connection, a 5xx or 429). Not retried: other 4xx, which say our request is wrong
-    (unknown model name, prompt longer than the server's context) and would fail the same way again."""
-    if isinstance(e, urllib.error.HTTPError):
-        return _Failure("http_5xx" if e.code >= 500 else "http_4xx", _http_error_message(e),
-                        retry=e.code >= 500 or e.code == 429)
-    reason = e.reason if isinstance(e, urllib.error.URLError) else e  # urllib wraps errors of the connect
-    if isinstance(reason, TimeoutError):
-        return _Failure("timeout", "timed out", retry=True)
-    if isinstance(reason, (ConnectionResetError, ConnectionAbortedError, BrokenPipeError, http.client.HTTPException)):
-        # reached the server, which closed the connection without a (whole) response
-        return _Failure("dropped", f"connection dropped ({type(reason).__name__})", retry=True)
-    return _Failure("refused", f"cannot connect ({reason})"[:200], retry=True)  # refused, unreachable, DNS
-
-
-def _completion(raw: bytes) -> tuple[str, int]:
-    """(content, completion tokens) of an OpenAI chat completion body; a 'malformed' _Failure if it is not one.
-    A null content (e.g. cut off inside a reasoning block) is an answer without a verdict: ''."""
-    try:
-        data = json.loads(raw)
-        content = data["choices"][0]["message"].get("content") or ""
-        if not isinstance(content, str):
-            raise TypeError(type(content).__name__)
-    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as e:
-        raise _Failure("malformed", f"not a chat completion ({type(e).__name__})", retry=True)
-    usage = data.get("usage")
-    tokens = usage.get("completion_tokens") if isinstance(usage, dict) else None
-    return content, tokens if isinstance(tokens, int) else 0
-
-
-class PendingVerdicts:
-    """Verdicts being fetched (HTTPJudge.submit): result() waits and returns [Verdict] in order; done() does
-    not wait. It also carries what its requests learned about the endpoint, for HTTPJudge's fail-fast."""
-
-    def __init__(self):
-        self.futures = []
-        self.reached = False      # some request got an HTTP response (any status): the server is up
-        self.unreachable = False  # some request gave up on a timeout or a refused connection
-
-    def done(self) -> bool:
-        return all(f.done() for f in self.futures)
-
-    def result(self) -> list[Verdict]:
-        return [f.result() for f in self.futures]
-
-
-class HTTPJudge:
-    """A GenRM served behind an OpenAI-compatible endpoint (`vllm serve`, SGLang) as FAPO's judge.
-
-    Each solution is one POST {base_url}/chat/completions with the FAPO-Critic prompt as the user message;
-    the verdict is parse_index of choices[0].message.content. Requests run concurrently, at most
-    `concurrency` in flight; each attempt has `timeout` seconds (urllib's: per connect and per read), and
-    a request is tried at most retries + 1 times with exponential backoff (backoff, 2 backoff, ...).
-    A request that still fails gives Verdict(None, error=...), counted by kind in `failures`.
-
-    A call costs at most about (retries + 1) * timeout + backoff * (2**retries - 1) seconds when the
-    server hangs, however many rows: the rows of one round run at once, and once a request of a call has
-    given up on a timeout or refused connection with no response from the server to any of them, the
-    call's queued requests are not sent (kind "skipped") -- the endpoint is down, and waiting a full
-    timeout per round of `concurrency` rows would stall the step for nothing.
-
-    GENRM_API_KEY, when set, is sent as a Bearer token (never logged, not in repr).
-    """
-    votes = 1  # one sample per verdict (evaluate_rows divides token counts by it)
-
-    def __init__(self, base_url, model, max_tokens, temperature=0.0, top_p=1.0, concurrency=32, timeout=60.0,
-                 retries=2, backoff=0.5):
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"HTTPJudge needs an http:// or https:// URL, got {base_url!r}")
-        self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.timeout, self.retries, self.backoff = model, timeout, retries, backoff
-        self.sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
-        self._headers = {"Content-Type": "application/json"}
-        if os.environ.get("GENRM_API_KEY"):
-            self._headers["Authorization"] = "Bearer " + os.environ["GENRM_API_KEY"]
-        # no proxy: the GenRM is our own server; rollouts must not leave through an http_proxy of the env
-        self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
-        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="genrm-http")
-        self._lock = threading.Lock()  # the counters below are updated from the pool's threads
-        self.response_tokens = 0       # usage.completion_tokens summed, when the server reports it
-        self.retried = 0               # attempts that failed and were tried again
-        self.failures = dict.fromkeys(FAILURE_KINDS, 0)  # requests that gave no verdict, by kind
-
-    def __repr__(self):
-        return f"HTTPJudge({self.url!r}, model={self.model!r}, timeout={self.timeout}, retries={self.retries})"
-
-    # -- the judge interface --
-
-    def __call__(self, problems, ground_truths, step_lists) -> list[Verdict]:
-        return self.submit(problems, ground_truths, step_lists).result()
-
-    def judge_prompts(self, prompts, n_steps) -> list[Verdict]:
-        """Verdicts for ready-made prompts (chat messages or strings) with their step counts."""
-        return self.submit_prompts(prompts, n_steps).result()
-
-    def submit(self, problems, ground_truths, step_lists) -> PendingVerdicts:
-        """Send the requests and return at once: the trainer judges one wave while the next one decodes."""
-        prompts = [genrm_prompt(p, g, s) for p, g, s in zip(problems, ground_truths, step_lists)]
-        return self.submit_prompts(prompts, [len(s) for s in step_lists])
-
-    def submit_prompts(self, prompts, n_steps) -> PendingVerdicts:
-        pending = PendingVerdicts()
-        pending.futures = [self._pool.submit(self._ask, pending, p, n) for p, n in zip(prompts, n_steps)]
-        return pending
-
-    def close(self):
-        """Stop the pool: queued requests are cancelled, those in flight end within their timeout."""
-        self._pool.shutdown(wait=False, cancel_futures=True)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    # -- one request --
-
-    def _ask(self, pending: PendingVerdicts, prompt, n_steps: int) -> Verdict:
-        """One verdict, with retries; runs in a pool thread."""
-        body = json.dumps({"model": self.model, "messages": as_messages(prompt), **self.sampling}).encode()
-        for attempt in range(self.retries + 1):
-            if pending.unreachable and not pending.reached:
-                return self._failed(_Failure("skipped", "another request of this call found the endpoint down",
-                                             False), attempt)
-            if attempt:
-                # exponential, with jitter so that a whole wave does not retry in lockstep
-                time.sleep(self.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
-            try:
-                content, tokens = self._post(pending, body)
-            except _Failure as f:
-                if f.retry and attempt < self.retries:
-                    with self._lock:
-                        self.retried += 1
-                    continue
-                if f.kind in ("timeout", "refused"):
-                    pending.unreachable = True
-                return self._failed(f, attempt + 1)
-            with self._lock:
-                self.response_tokens += tokens
-            return Verdict(parse_index(content, n_steps), content)
-
-    def _post(self, pending: PendingVerdicts, body: bytes) -> tuple[str, int]:
-        req = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
-        try:
-            with self._opener.open(req, timeout=self.timeout) as resp:
-                pending.reached = True
-                raw = resp.read()
-        except urllib.error.HTTPError as e:
-            pending.reached = True
-            raise _failure(e)
-        except (OSError, http.client.HTTPException) as e:  # socket errors and timeouts are OSErrors
-            raise _failure(e)
-        return _completion(raw)
-
-    def _failed(self, f: _Failure, attempts: int) -> Verdict:
-        with self._lock:
-            self.failures[f.kind] += 1
-        tries = f" ({attempts} attempt{'s' * (attempts != 1)})" if attempts else ""
-        return Verdict(None, error=f"{f.kind}: {f}{tries}")
-
-
 def evaluate_rows(judge, rows: list[Row]) -> dict:
-    """critic_metrics of a judge over critique rows (FAPO-Critic / ProcessBench format): label =
-    reward_model.ground_truth, n = extra_info.total_steps, subset = data_source, FlawedPositiveBench
-    restricted to rows with extra_info.final_answer_correct when that field is present."""
+    """critic_metrics of a judge over critique rows (FAPO-Critic / ProcessBench rows, ours or the official
+    eval format), after check_critic_rows: label, n = extra_info.total_steps, subset = pb_subset(data_source),
+    FlawedPositiveBench restricted to rows with final_answer_correct when that field is present."""
+    check_critic_rows(rows, "<rows>")
     verdicts = [as_verdict(v) for v in judge.judge_prompts([r.prompt for r in rows],
                                                             [r.extra_info["total_steps"] for r in rows])]
     preds = [v.index for v in verdicts]
     fc = [r.extra_info.get("final_answer_correct", True) for r in rows]
     m = critic_metrics(preds, [r.ground_truth for r in rows], final_correct=fc,
-                       subsets=[r.data_source for r in rows])
+                       subsets=[pb_subset(r.data_source) for r in rows])
     m["avg_response_tokens"] = judge.response_tokens / max(len(rows) * judge.votes, 1)
     # a verdict missing because the judge got no answer (service down, prompt too long) is not the
     # GenRM's fault: counted apart from an answer without a usable \boxed{}
     m["unparseable"] = sum(v.index is None and not v.error for v in verdicts) / max(len(rows), 1)
     m["judge_failed"] = sum(bool(v.error) for v in verdicts) / max(len(rows), 1)
     return m
+
+
+def report(m: dict) -> str:
+    """evaluate_rows' metrics, labelled as the official script labels them (pooled F1 (PB), per-subset f1,
+    avg f1, the FlawedPositiveBench numbers)."""
+    subsets = sorted(k[:-len("/pb_f1")] for k in m if k.endswith("/pb_f1"))
+    lines = [("Err (PB)", "err_acc"), ("Err_Loc (PB)", "err_loc_acc"), ("Corr (PB)", "corr_acc"),
+             (f"F1 (PB), pooled over {m['n_err'] + m['n_corr']} rows", "pb_f1")]
+    lines += [(f"  {s} f1 ({m[s + '/n_err']} err + {m[s + '/n_corr']} clean rows)", f"{s}/pb_f1") for s in subsets]
+    lines += [("avg f1 (mean of the subset f1s)", "avg_f1"), ("Precision (FPB)", "fp_precision"),
+              ("Recall (FPB)", "fp_recall"), (f"F1 (FPB), {m['n_fp']} rows", "fp_f1"), ("Acc (FPB)", "fp_acc"),
+              ("unparseable", "unparseable"), ("judge failed (no answer)", "judge_failed"),
+              ("avg response tokens", "avg_response_tokens")]
+    return "\n".join(f"{label:<44}{m[k]:.4f}" for label, k in lines if k in m)
 
 
 def main(argv=None):
@@ -518,9 +377,10 @@ def main(argv=None):
         ap.error("--votes needs a local model")
     if args.data == "toy":
         import toy  # the built-in task plugs in here: its rows (and, with --model oracle, its checker)
-    rows = [r for r, _, _ in toy.critic_rows(512, seed=12345)] if args.data == "toy" else load_rows(args.data)
+    rows = [r for r, _, _ in toy.critic_rows(512, seed=12345)] if args.data == "toy" else load_critic_rows(args.data)
     rows = rows[: args.limit or None]
     if remote:
+        from genrm_http import HTTPJudge
         judge = HTTPJudge(args.model, args.genrm_model, args.max_new_tokens, args.temperature, args.top_p,
                           concurrency=args.concurrency, timeout=args.timeout)
     elif args.model == "oracle":  # the toy task's exact checker, through the same metrics
@@ -534,14 +394,13 @@ def main(argv=None):
         judge = ModelJudge(model.to(device).eval(), tok, args.max_new_tokens, args.temperature, args.top_p, args.votes,
                            args.seed, device, max_tokens_in_flight=args.max_tokens_in_flight or None)
     m = evaluate_rows(judge, rows)
-    for k, v in m.items():
-        print(f"{k:<28}{v:.4f}" if isinstance(v, float) else f"{k:<28}{v}")
+    print(report(m))
     if remote:  # transport failures, apart from unparseable answers: they are the service's, not the GenRM's
         judge.close()
         print("failures (no verdict): " + ", ".join(f"{k} {n}" for k, n in judge.failures.items())
               + f"; retried attempts {judge.retried}")
         m["failures"] = judge.failures
-    print(json.dumps(m))
+    print(json.dumps(m))  # every metric, last line
 
 
 if __name__ == "__main__":

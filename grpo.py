@@ -16,6 +16,8 @@ arXiv 2510.22543, trained with):
                seq-mean-token-sum-norm  sum_i sum_t m l / (N L)       (Dr. GRPO: N sequences, L a constant length)
   KL           k1 = logp - ref,  k2 = (logp - ref)^2 / 2,
                k3 = exp(ref - logp) - (ref - logp) - 1              (Schulman's low-var)
+  sampler gap  d_t = old_logp_t - sampler_logp_t: mean |d|, max |d|, gap_kl = mean_i sum_t exp(d_t) - d_t - 1
+  TIS          A_t <- A min(exp(d_t), tis_cap)  (verl's rollout correction; not in the paper, off by default)
 
 and the update itself (batches laid out as [left-padded prompt | right-padded response], so the
 logits that predict response tokens are the last R + 1 positions): policy_update runs one step of
@@ -323,6 +325,7 @@ class Sample:
     advantage: float | list  # one per sequence (GRPO), or one per response token
     weight: float = 1.0     # 0 for rows that only pad a rank's batch (FSDP needs equal pass counts)
     old_logp: torch.Tensor | None = None  # filled by policy_update when mini_batches > 1
+    sampler_logp: list | None = None  # the sampler's log-prob of each response token: the gap and TIS
 
 
 @dataclass
@@ -342,6 +345,7 @@ class UpdateSettings:
     kl_coef: float = 0.0           # KL-to-reference loss (0: no reference pass)
     kl_kind: str = "k3"
     max_response_len: int | None = None  # Dr. GRPO's constant L
+    tis_cap: float = 0.0           # > 0: truncated importance weight min(pi_old / pi_sampler, cap) (not in the paper)
 
 
 def _advantages(mb, R, device):
@@ -351,6 +355,31 @@ def _advantages(mb, R, device):
     rows = [[float(s.advantage)] * len(s.response) if isinstance(s.advantage, (int, float)) else list(s.advantage)
             for s in mb]
     return torch.tensor([r + [0.0] * (R - len(r)) for r in rows], dtype=torch.float32, device=device)
+
+
+def _sampler_gap(mb, old, mask, tis_cap):
+    """The sampler/trainer gap of one micro-batch and the TIS weights. old (B, R): the trainer's pre-update log-probs;
+    mask (B, R): real tokens x weight. Returns sums (5,) [sum |gap|, tokens, sum k3, sequences, sum w], max |gap|, w."""
+    sampler, has = torch.zeros(old.shape), torch.zeros(len(mb), 1)  # (B, R), (B, 1) built on the host
+    for i, s in enumerate(mb):
+        if s.sampler_logp is not None:
+            if len(s.sampler_logp) != len(s.response):
+                raise ValueError(f"sampler_logp has {len(s.sampler_logp)} entries for {len(s.response)} tokens")
+            sampler[i, :len(s.response)], has[i] = torch.as_tensor(s.sampler_logp, dtype=torch.float32), 1.0
+    gmask = (mask > 0).float() * has.to(mask.device)                  # (B, R) real tokens with sampler log-probs
+    diff = (old - sampler.to(old.device)) * gmask                     # (B, R) log(pi_train / pi_sampler)
+    lr = diff.clamp(-20.0, 20.0)                                      # (B, R) keeps exp finite
+    # k3 = r - 1 - log r with r = pi_train / pi_sampler, on tokens the sampler drew: E_sampler[r] = 1, so its
+    # mean is KL(sampler || trainer) of the next-token distributions, and by the chain rule the sum over a
+    # response estimates the KL between the two distributions of whole responses. (With top-k / top-p the
+    # sampler's log-probs are of the untruncated distribution: this measures numerics, not the truncation.)
+    k3 = ((lr.exp() - lr - 1) * gmask).sum(-1)                        # (B,)
+    # Truncated importance sampling (verl's rollout correction; a departure from the FAPO paper): the tokens
+    # came from the sampler, not from pi_old, so each is weighted by w = min(pi_old / pi_sampler, cap),
+    # detached. Rows without sampler log-probs keep w = 1.
+    w = torch.where(gmask > 0, lr.exp().clamp(max=tis_cap), 1.0) if tis_cap > 0 else torch.ones_like(old)
+    sums = torch.stack([diff.abs().sum(), gmask.sum(), k3.sum(), (gmask.sum(-1) > 0).sum(), (w * gmask).sum()])
+    return sums.double(), diff.abs().max(), w
 
 
 def _normalizer(mini, cfg: UpdateSettings, world):
@@ -374,11 +403,13 @@ def store_old_logprobs(model, samples, cfg: UpdateSettings, world):
 def policy_update(model, optimizer, samples, cfg: UpdateSettings, world, ref_model=None):
     """One step of GRPO updates on this rank's samples. world: anything with .size, .device, .sum(list)
     and .max(list) (all-reduces; fsdp.World). Every rank must call it (FSDP collectives). Returns
-    global stats; an update whose gradient norm is not finite is skipped and counted."""
+    global stats (with gap_mean, gap_max, gap_kl when samples carry sampler_logp, and tis_weight when
+    tis_cap > 0); an update whose gradient norm is not finite is skipped and counted."""
     stats = {"loss": 0.0, "clipfrac": 0.0, "clipfrac_lower": 0.0, "ppo_kl": 0.0, "entropy": 0.0, "kl": 0.0, "n_micro": 0}
     if cfg.mini_batches > 1:  # several updates per step: the ratio needs the pre-update policy
         store_old_logprobs(model, samples, cfg, world)
     grad_norms, skipped = [], 0
+    gap_sums, gap_max = torch.zeros(5, dtype=torch.float64, device=world.device), torch.zeros((), device=world.device)
     for mini in chunks(samples, math.ceil(len(samples) / cfg.mini_batches)):
         normalizer = _normalizer(mini, cfg, world)
         for mb in micro_batches(mini, cfg.micro_batch, cfg.micro_batch_tokens, world):
@@ -388,8 +419,15 @@ def policy_update(model, optimizer, samples, cfg: UpdateSettings, world, ref_mod
             old = logp.detach() if cfg.mini_batches == 1 else torch.nn.utils.rnn.pad_sequence(
                 [s.old_logp if s.old_logp is not None else torch.zeros(len(s.response)) for s in mb],
                 batch_first=True).to(world.device)[:, :R]
-            loss, st = policy_loss(logp, old, _advantages(mb, R, world.device), mask, cfg.clip_low, cfg.clip_high,
-                                   cfg.clip_c, cfg.loss_agg, normalizer)
+            adv = _advantages(mb, R, world.device)  # (B,) or (B, R)
+            gap, gmax, w = _sampler_gap(mb, old, mask, cfg.tis_cap)  # (5,), (), (B, R)
+            gap_sums, gap_max = gap_sums + gap, torch.maximum(gap_max, gmax)
+            # TIS: w >= 0 factors out of max(-A rho, -A clip(rho)) and of the dual clip's min(., -A c), so scaling
+            # A by w scales each token's loss (and gradient) by w and leaves which tokens are clipped unchanged.
+            if cfg.tis_cap > 0:
+                adv = (adv[:, None] if adv.dim() == 1 else adv) * w  # (B, R)
+            loss, st = policy_loss(logp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.clip_c, cfg.loss_agg,
+                                   normalizer)
             if ref_model is not None:
                 with torch.no_grad():
                     ref, _ = response_logprobs(ref_model, batch, R, cfg.temperature)
@@ -409,9 +447,15 @@ def policy_update(model, optimizer, samples, cfg: UpdateSettings, world, ref_mod
     # loss and kl are sums of globally normalised parts: add them over ranks; average the rest
     n = max(stats.pop("n_micro"), 1)
     keys = ["clipfrac", "clipfrac_lower", "ppo_kl", "entropy"]
-    tot = world.sum([stats["loss"], stats["kl"]] + [stats[k] / n / world.size for k in keys])
-    return {"loss": tot[0] / cfg.mini_batches, "kl": tot[1] / cfg.mini_batches, **dict(zip(keys, tot[2:])),
-            "grad_norm": sum(grad_norms) / len(grad_norms), "skipped_updates": skipped}
+    tot = world.sum([stats["loss"], stats["kl"]] + [stats[k] / n / world.size for k in keys] + gap_sums.tolist())
+    out = {"loss": tot[0] / cfg.mini_batches, "kl": tot[1] / cfg.mini_batches, **dict(zip(keys, tot[2:-5])),
+           "grad_norm": sum(grad_norms) / len(grad_norms), "skipped_updates": skipped}
+    gap_sum, tokens, k3_sum, seqs, w_sum = tot[-5:]
+    gap_max = world.max([gap_max.item()])[0]  # every rank calls it: ranks may differ in which samples carry log-probs
+    if tokens > 0:  # logged only when the sampler's log-probs were given
+        out.update(gap_mean=gap_sum / tokens, gap_max=gap_max, gap_kl=k3_sum / seqs,
+                   **({"tis_weight": w_sum / tokens} if cfg.tis_cap > 0 else {}))
+    return out
 
 
 def optimizer_step(model, optimizer, grad_clip):

@@ -270,7 +270,7 @@ class OracleJudge:
     votes, response_tokens = 1, 0
 
     def __call__(self, problems, ground_truths, step_lists):
-        return [Verdict(self._check(p, s)) for p, s in zip(problems, step_lists)]
+        return [self._verdict(p, s) for p, s in zip(problems, step_lists)]
 
     def judge_prompts(self, prompts, n_steps):
         out = []
@@ -280,15 +280,17 @@ class OracleJudge:
             except ValueError:
                 out.append(Verdict(None))
                 continue
-            out.append(Verdict(self._check(problem, steps)))
+            out.append(self._verdict(problem, steps))
         return out
 
     @staticmethod
-    def _check(problem, steps):
+    def _verdict(problem, steps):
+        """The checker's index, explained by a checker-written critique (what a GenRM would have written)."""
         try:
-            return first_error(parse_problem(problem), steps)
+            p = parse_problem(problem)
         except ValueError:
-            return None
+            return Verdict(None)
+        return Verdict(first_error(p, steps), critique(p, steps))
 
 
 class AuditedJudge:

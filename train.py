@@ -34,6 +34,7 @@ import data
 import fapo
 import fsdp
 import genrm
+import genrm_http
 import grpo
 import sampler
 import toy
@@ -47,7 +48,7 @@ hf_logging.disable_progress_bar()  # our own tqdm bar is the only one
 _OFFICIAL = dict(prompts_per_step=512, mini_batch_prompts=32, rollouts=8, temperature=1.0, top_p=1.0, top_k=0,
                  max_prompt_len=2048, max_response_len=8192, overlong_buffer=4096, overlong_factor=1.0,
                  lr=1e-6, warmup=10, weight_decay=0.1, grad_clip=1.0, clip_low=0.2, clip_high=0.28, clip_c=10.0,
-                 loss_agg="token-mean", kl_coef=0.0, eval_temperature=1.0, eval_top_p=0.7, eval_samples=1,
+                 loss_agg="token-mean", kl_coef=0.0, eval_temperature=1.0, eval_top_p=0.7, eval_samples=1, pass_k=1,
                  eval_every=10, save_every=0, grad_checkpointing=True, offload=True,
                  micro_batch_tokens=(2048 + 8192) * 2, logprob_batch_tokens=(2048 + 8192) * 3)
 PRESETS = {
@@ -108,8 +109,11 @@ def build_parser(suppress=False):
     add("--top-k", 0, type=int, help="0: off")
     add("--max-prompt-len", 2048, type=int, help="longer prompts are dropped and counted, never truncated")
     add("--max-response-len", 8192, type=int, help="new tokens per rollout")
+    add("--overlap-waves", 4, type=int, help="with a GenRM endpoint: decode in this many waves, judging each "
+                                              "finished wave while the next decodes (1: no overlap)")
     add("--max-tokens-in-flight", 0, type=int, help="sampler memory cap: rows x (prompt + response) per wave; 0: none")
-    add("--fast-sampler", True, action=argparse.BooleanOptionalAction, help="the sampler's static-cache path")
+    add("--fast-sampler", "auto", choices=["auto", "on", "off"],
+        help="the sampler's static-cache decode loop; auto: on CUDA, the eager loop on CPU (where it is no faster)")
     # reward
     add("--genrm", "oracle", help="'oracle' (the toy step checker; toy data only), 'none', a GenRM model dir, "
                                   "or an OpenAI-compatible endpoint http://HOST:PORT/v1")
@@ -138,6 +142,8 @@ def build_parser(suppress=False):
     add("--dynamic-sampling", False, action="store_true", help="DAPO: drop groups whose rewards are all equal")
     add("--kl-coef", 0.0, type=float, help="KL-to-reference loss coefficient (0: no reference model)")
     add("--kl-kind", "k3", choices=["k1", "k2", "k3", "abs"])
+    add("--tis-cap", 0.0, type=float, help="truncated importance weight min(pi_old / pi_sampler, C) on the loss "
+                                           "(verl's rollout correction; a departure from the paper); 0: off")
     add("--max-bad-steps", 3, type=int, help="stop after this many consecutive steps with a non-finite gradient")
     # optimisation
     add("--lr", 1e-6, type=float, help="RL learning rate")
@@ -163,10 +169,13 @@ def build_parser(suppress=False):
     add("--eval-temperature", 1.0, type=float)
     add("--eval-top-p", 0.7, type=float)
     add("--pass-k", 2, type=int, help="k of the unbiased pass@k estimate (k <= samples of every source)")
+    add("--dump-every", 0, type=int, help="RL steps between rollout dumps (OUT/dumps); evals always dump")
+    add("--dump-prompts", 4, type=int, help="prompts per dump (rank 0's first ones), every rollout of each")
     add("--save-every", 50, type=int, help="steps between checkpoints (0: only at the end)")
     add("--export-every", 0, type=int, help="steps between HF exports (OUT/exports/step_N; OUT/hf is the newest); "
                                             "0: only at the end of each phase")
     add("--no-progress", False, action="store_true", help="no tqdm bar")
+    add("--wandb", "", help="W&B project: mirror metrics.jsonl there (optional: pip install wandb)")
     return ap
 
 
@@ -198,8 +207,10 @@ def validate(cfg):
         need(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     for name in ("eval_every", "save_every", "eval_prompts", "overlong_buffer", "warmup", "sft_warmup", "top_k",
                  "mini_batch_prompts", "micro_batch_tokens", "logprob_batch_tokens", "max_tokens_in_flight",
-                 "context_len", "genrm_context_len", "genrm_retries", "export_every"):
+                 "context_len", "genrm_context_len", "genrm_retries", "dump_every", "dump_prompts", "overlap_waves",
+                 "export_every"):
         need(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    need(cfg.tis_cap >= 0, "--tis-cap must be >= 0")
     for name in ("lr", "sft_lr", "grad_clip", "genrm_timeout", "overlong_factor"):
         need(getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name)), f"--{name.replace('_', '-')} must be > 0")
     for name in ("top_p", "eval_top_p", "genrm_top_p"):
@@ -247,7 +258,7 @@ def update_settings(cfg, phase="rl"):
         micro_batch=cfg.micro_batch, micro_batch_tokens=cfg.micro_batch_tokens,
         logprob_batch_tokens=cfg.logprob_batch_tokens, loss_agg=cfg.loss_agg, clip_low=cfg.clip_low,
         clip_high=cfg.clip_high, clip_c=cfg.clip_c, grad_clip=cfg.grad_clip, kl_coef=cfg.kl_coef,
-        kl_kind=cfg.kl_kind, max_response_len=cfg.max_response_len)
+        kl_kind=cfg.kl_kind, max_response_len=cfg.max_response_len, tis_cap=cfg.tis_cap if phase == "rl" else 0.0)
 
 
 def derive_seed(*parts):
@@ -325,7 +336,7 @@ def make_judge(cfg, world, which):
     if which == "oracle":
         return lambda: contextlib.nullcontext(toy.OracleJudge())
     if which.startswith(("http://", "https://")):
-        service = genrm.HTTPJudge(which, cfg.genrm_model or "genrm", cfg.genrm_max_tokens, cfg.genrm_temperature,
+        service = genrm_http.HTTPJudge(which, cfg.genrm_model or "genrm", cfg.genrm_max_tokens, cfg.genrm_temperature,
                                   cfg.genrm_top_p, concurrency=cfg.genrm_concurrency, timeout=cfg.genrm_timeout,
                                   retries=cfg.genrm_retries)
         return lambda: contextlib.nullcontext(service)
@@ -385,15 +396,9 @@ def sample(model, prompt_ids, n, cfg, seed, world, temperature=None, top_p=None)
             model, prompt_ids, cfg.max_response_len, temperature=cfg.temperature if temperature is None else temperature,
             top_p=cfg.top_p if top_p is None else top_p, top_k=cfg.top_k, eos_token_id=cfg.eos_ids,
             pad_token_id=cfg.pad_id, n=n, generator=gen, max_tokens_in_flight=cfg.max_tokens_in_flight or None,
-            context_len=cfg.context, **({"fast": cfg.fast_sampler} if sampler_has_fast() else {}))
+            context_len=cfg.context, fast={"auto": None, "on": True, "off": False}[cfg.fast_sampler])
     model.train(training)
     return out
-
-
-@functools.cache
-def sampler_has_fast():
-    import inspect
-    return "fast" in inspect.signature(sampler.generate).parameters
 
 
 @functools.lru_cache(maxsize=2)
@@ -409,26 +414,64 @@ def step_batch(n_rows, step, cfg, world):
     return [epoch_order(cfg.seed, i // n_rows, n_rows)[i % n_rows] for i in range(start, start + per_rank)]
 
 
+class Prefetched:
+    """A judge whose verdicts were requested while the step was still decoding: called by the reward
+    function with the correct rollouts (in the same order they were sent), it waits and hands them over."""
+
+    def __init__(self, pending):
+        self.pending = pending
+
+    def __call__(self, problems, ground_truths, step_lists):
+        verdicts = [v for p in self.pending for v in p.result()]
+        if len(verdicts) != len(step_lists):
+            raise RuntimeError(f"prefetched {len(verdicts)} verdicts for {len(step_lists)} correct rollouts")
+        return verdicts
+
+
+def rollouts(step, idx, run, judge):
+    """(completions, judge for the reward): the step's rollouts. With a judge that works in the background
+    (a GenRM service: HTTPJudge.submit), the prompts are decoded in --overlap-waves waves and each wave's
+    correct rollouts are sent off as soon as it is done, so judging overlaps decoding."""
+    cfg, world = run.cfg, run.world
+    seed = derive_seed(cfg.seed, "rollout", step, world.rank)
+    prompts = [run.ids[i] for i in idx]
+    if not hasattr(judge, "submit") or cfg.overlap_waves <= 1 or cfg.task == "genrm":
+        return sample(run.model, prompts, cfg.rollouts, cfg, seed, world), judge
+    comps, pending = [], []
+    per_wave = math.ceil(len(idx) / cfg.overlap_waves)
+    for w in range(cfg.overlap_waves):  # the same number of waves on every rank: sampling gathers the model
+        part = list(range(w * per_wave, min((w + 1) * per_wave, len(idx))))
+        got = sample(run.model, [prompts[k] for k in part], cfg.rollouts, cfg, derive_seed(seed, w), world)
+        rows = [run.rows[idx[k]] for k in part for _ in range(cfg.rollouts)]
+        texts = [cfg.tokenizer.decode(c.tokens, skip_special_tokens=True) for c in got]
+        right = [j for j, (r, x) in enumerate(zip(rows, texts)) if data.verify(x, r.ground_truth)[0]]
+        pending.append(judge.submit([data.problem_text(rows[j]) for j in right], [rows[j].ground_truth for j in right],
+                                    [data.split_steps(texts[j]) for j in right]))
+        comps += got
+    return comps, Prefetched(pending)
+
+
 def rl_step(step, run):
     """One GRPO step: sample, score, advantages, update. Returns the step's metrics (global)."""
     cfg, world, model = run.cfg, run.world, run.model
     idx = step_batch(len(run.rows), step, cfg, world)
     t0 = time.time()
-    comps = sample(model, [run.ids[i] for i in idx], cfg.rollouts, cfg, derive_seed(cfg.seed, "rollout", step, world.rank),
-                   world)
-    t1 = time.time()
-    rows = [run.rows[i] for i in idx for _ in range(cfg.rollouts)]
-    texts = [cfg.tokenizer.decode(c.tokens, skip_special_tokens=True) for c in comps]
-    lengths = [len(c.tokens) for c in comps]
     with run.judge() as judge:
         if hasattr(judge, "reseed"):  # a sampling GenRM draws from a per-step stream: resume repeats it
             judge.reseed(derive_seed(cfg.seed, "judge", step, world.rank))
-        scores = run.reward_fn(rows, texts, lengths, judge)
+        comps, reward_judge = rollouts(step, idx, run, judge)
+        t1 = time.time()
+        rows = [run.rows[i] for i in idx for _ in range(cfg.rollouts)]
+        texts = [cfg.tokenizer.decode(c.tokens, skip_special_tokens=True) for c in comps]
+        lengths = [len(c.tokens) for c in comps]
+        scores = run.reward_fn(rows, texts, lengths, reward_judge)  # t_judge: the wait for verdicts
     t2 = time.time()
+    if cfg.dump_every and (step + 1) % cfg.dump_every == 0:
+        dump(run, "rl", step + 1, rows, texts, comps, scores, cfg.rollouts, f"rl_step{step + 1}")
     groups = [step * cfg.prompts_per_step + world.rank * len(idx) + k // cfg.rollouts for k in range(len(comps))]
     adv = grpo.group_advantages(torch.tensor(scores.rewards), groups, norm_by_std=bool(cfg.norm_adv_by_std)).tolist()
-    samples = [grpo.Sample(run.ids[i], c.tokens, a) for i, c, a in zip([i for i in idx for _ in range(cfg.rollouts)],
-                                                                       comps, adv)]
+    samples = [grpo.Sample(run.ids[i], c.tokens, a, sampler_logp=c.logprobs)
+               for i, c, a in zip([i for i in idx for _ in range(cfg.rollouts)], comps, adv)]
     dropped = 0
     if cfg.dynamic_sampling:  # DAPO: a group with equal rewards carries no signal; drop it (no refill)
         rw = scores.rewards
@@ -446,9 +489,48 @@ def rl_step(step, run):
     tot = dict(zip(["reward", "length", "dropped"] + keys,
                    world.sum([sum(scores.rewards), sum(lengths), dropped] + [float(scores.counts[k]) for k in keys])))
     rates = genrm.critic_batch_metrics(tot) if cfg.task == "genrm" else fapo.rollout_metrics(tot)
+    if cfg.task == "rl":
+        check_judge(tot, step, world)
     return {"step": step + 1, "reward": tot["reward"] / tot["n"], "response_length": tot["length"] / tot["n"],
             "groups_dropped": int(tot["dropped"]), "lr": run.scheduler.get_last_lr()[0],
-            "t_sample": t1 - t0, "t_judge": t2 - t1, "t_train": t3 - t2, **upd, **rates}
+            "t_sample": t1 - t0, "t_judge": t2 - t1, "t_train": t3 - t2, "judge_share": (t2 - t1) / max(t3 - t0, 1e-9),
+            **upd, **rates, **peak_memory(world)}
+
+
+def peak_memory(world):
+    """The step's peak GPU memory on this rank (GiB), then reset; nothing on CPU."""
+    if world.device.type != "cuda":
+        return {}
+    peak = torch.cuda.max_memory_allocated(world.device) / 2**30
+    torch.cuda.reset_peak_memory_stats(world.device)
+    return {"peak_gib": world.max([peak])[0]}
+
+
+def check_judge(tot, step, world):
+    """A GenRM that answers nothing must not turn FAPO into a silent baseline."""
+    if tot["judged"] and tot["judge_failed"] == tot["judged"]:
+        raise RuntimeError(f"step {step + 1}: every one of {int(tot['judged'])} GenRM requests failed (no verdict); "
+                           "stopping rather than training on the baseline reward. Is the GenRM up?")
+    if tot["judged"] >= 8 and tot["unparseable"] > tot["judged"] / 2:
+        world.say(f"warning: step {step + 1}: {int(tot['unparseable'])} of {int(tot['judged'])} GenRM verdicts were "
+                  "unparseable (no \\boxed{index}); they count as clean")
+
+
+def dump(run, phase, step, rows, texts, comps, scores, per_prompt, name):
+    """OUT/dumps/NAME.jsonl: every rollout of rank 0's first --dump-prompts prompts, with its reward,
+    rule verdict, the GenRM's verdict and critique. `python bench/flawed.py FILE` shows the flawed positives."""
+    cfg = run.cfg
+    if not run.world.main or not cfg.dump_prompts:
+        return
+    n = cfg.dump_prompts * per_prompt  # rollouts are prompt-major: the first prompts' samples come first
+    os.makedirs(os.path.join(cfg.out, "dumps"), exist_ok=True)
+    lines = [json.dumps({"phase": phase, "step": step, "prompt": data.problem_text(r) if cfg.task != "genrm" else "",
+                         "response": x, "reward": scores.rewards[k], "correct": bool(scores.correct[k]),
+                         "genrm_index": scores.first_error[k], "critique": scores.critiques[k] if scores.critiques else "",
+                         "length": len(c.tokens), "finish_reason": c.finish_reason, "data_source": r.data_source,
+                         "ground_truth": str(r.ground_truth)})
+             for k, (r, x, c) in enumerate(zip(rows[:n], texts, comps))]
+    fsdp.write_atomic(os.path.join(cfg.out, "dumps", f"{name}.jsonl"), "".join(l + "\n" for l in lines))
 
 
 # ---- the loops: SFT cold start, then RL ----
@@ -496,8 +578,8 @@ def run_sft(run, out_dir):
         t0 = time.time()
         m = grpo.sft_update(run.model, optimizer, sft_pairs(cfg, step, world), settings, world)
         scheduler.step()
-        bad = check_numerics(m, bad, cfg, world)
-        log.log({"step": step + 1, **m, "lr": scheduler.get_last_lr()[0], "t_train": time.time() - t0})
+        m = log.log({"step": step + 1, **m, "lr": scheduler.get_last_lr()[0], "t_train": time.time() - t0})
+        bad = check_numerics(m, bad, cfg)
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.sft_steps:
             ckpt.save(run.model, optimizer, scheduler, {"step": step + 1})
         if cfg.export_every and (step + 1) % cfg.export_every == 0:
@@ -524,7 +606,7 @@ def run_rl(run, out_dir, first=None):
     last, bad = first, 0
     for step in range(start, cfg.steps):
         m = log.log(rl_step(step, run))
-        bad = check_numerics(m, bad, cfg, world)
+        bad = check_numerics(m, bad, cfg)
         done = step + 1 == cfg.steps
         if done or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
             last = log.log({**run.evaluate(f"step{step + 1}"), "step": step + 1})
@@ -544,7 +626,7 @@ def resume(run, optimizer, scheduler, out_dir):
     return ckpt, state["step"] if state else 0
 
 
-def check_numerics(m, bad, cfg, world):
+def check_numerics(m, bad, cfg):
     """Consecutive steps whose update was skipped for a non-finite gradient; too many stop the run."""
     bad = bad + 1 if m.get("skipped_updates") else 0
     if bad >= cfg.max_bad_steps:
@@ -571,6 +653,8 @@ def evaluate_policy(run, rows, ids, tag):
         rr = [rows[i] for i in group for _ in range(n)]
         with run.eval_judge() as judge:
             s = run.eval_reward_fn(rr, texts, [len(c.tokens) for c in comps], judge)
+        if n == min(by_n):  # one dump per eval: the first prompts of the most common setting
+            dump(run, "eval", step_of(tag), rr, texts, comps, s, n, f"eval_{tag}")
         for j, i in enumerate(group):
             c = per.setdefault(rows[i].data_source, {"prompts": 0, "n": 0, "correct": 0, "flagged": 0, "judged": 0,
                                                      "unparseable": 0, "passk": 0.0, "tokens": 0})
@@ -584,6 +668,10 @@ def evaluate_policy(run, rows, ids, tag):
             c["passk"] += fapo.pass_at_k(n, sum(s.correct[k] for k in part), cfg.pass_k)
             c["tokens"] += sum(len(comps[k].tokens) for k in part)
     return {"eval": tag, **eval_metrics(per, cfg, world)}
+
+
+def step_of(tag):
+    return int(tag[4:]) if tag.startswith("step") and tag[4:].isdigit() else 0
 
 
 def samples_for(source, cfg):
@@ -648,6 +736,8 @@ def main(argv=None):
     cfg.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     cfg.eos_ids = eos_ids(model, tok)
     lock = fsdp.claim_output_dir(cfg.out, world, resume=cfg.resume, overwrite=cfg.overwrite)
+    if cfg.resume:
+        check_resumable(cfg, world)
     if world.main:
         shown = {k: v for k, v in vars(cfg).items() if k not in ("tokenizer", "sft_rows", "compute_dtype")}
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
@@ -683,6 +773,25 @@ def main(argv=None):
     dist.destroy_process_group()
 
 
+# settings a checkpoint restores (the optimizer's and scheduler's): changing one on resume would be ignored
+RESTORED = ("lr", "sft_lr", "warmup", "sft_warmup", "weight_decay", "betas", "seed", "model", "task", "preset")
+
+
+def check_resumable(cfg, world):
+    """Refuse a resume whose optimizer settings differ from the run's: they come back from the checkpoint,
+    so a changed --lr would be silently ignored while config.json recorded it. Rank 0 decides for all."""
+    path, msg = os.path.join(cfg.out, "config.json"), [""]
+    if world.main and os.path.exists(path):
+        with open(path) as f:
+            old = json.load(f)
+        changed = [k for k in RESTORED if k in old and json.loads(json.dumps(getattr(cfg, k))) != old[k]]
+        msg[0] = ", ".join(f"--{k.replace('_', '-')} ({old[k]} -> {getattr(cfg, k)})" for k in changed)
+    dist.broadcast_object_list(msg, src=0)
+    if msg[0]:
+        raise SystemExit(f"config error: resuming with changed {msg[0]}: the checkpoint restores these; "
+                         "start a new run (--out) to change them")
+
+
 @contextlib.contextmanager
 def _audited(ready):
     with ready() as judge:
@@ -708,12 +817,28 @@ class Logger:
         if world.main and not cfg.no_progress:
             from tqdm import tqdm
             self.bar = tqdm(total=total, initial=start, desc=desc, dynamic_ncols=True, file=sys.stdout)
+        self.wandb, self.last_step = None, start  # optional mirror to Weights & Biases (--wandb PROJECT)
+        if cfg.wandb and world.main:  # rank 0 only: one W&B run per phase, grouped by the run directory
+            try:
+                import wandb  # WANDB_MODE=offline needs no network
+            except ImportError:
+                print("--wandb: the wandb package is not installed (pip install wandb); metrics.jsonl only", flush=True)
+            else:
+                run_dir = os.path.dirname(os.path.abspath(out_dir))
+                shown = {k: v for k, v in vars(cfg).items() if k not in ("tokenizer", "sft_rows", "compute_dtype")}
+                self.wandb = wandb.init(project=cfg.wandb, dir=out_dir, group=os.path.basename(run_dir),
+                                        name=f"{os.path.basename(run_dir)}/{desc}", job_type=desc,
+                                        config=json.loads(json.dumps(shown, default=str)))
 
     def find_eval(self, tag):
         return next((m for m in self.records if m.get("eval") == tag), None)
 
-    def log(self, m, show=("reward", "acc", "flawed_ratio", "loss", "verdict_acc")):
+    def log(self, m, show=("reward", "acc", "flawed_ratio", "unparseable", "judge_failed", "loss", "verdict_acc")):
         self.records.append(m)
+        if self.wandb is not None:  # numbers only ("eval": "start" is a tag); evals at their step
+            self.last_step = m.get("step", self.last_step)
+            self.wandb.log({k: v for k, v in m.items() if isinstance(v, (int, float)) and k != "step"},
+                           step=self.last_step)
         if self.main:
             with open(self.path, "a") as f:
                 f.write(json.dumps(m) + "\n")
@@ -727,6 +852,8 @@ class Logger:
     def close(self):
         if self.bar is not None:
             self.bar.close()
+        if self.wandb is not None:
+            self.wandb.finish()
 
 
 def print_table(before, after, seconds):

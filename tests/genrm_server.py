@@ -5,7 +5,7 @@ read back with genrm.parse_genrm_prompt, then toy.critique) or with a toy GenRM 
 (transformers, through sampler.generate; requests that arrive together are decoded as one batch).
 
     with GenRMServer() as server:                    # the checker; port 0 = a free port
-        judge = genrm.HTTPJudge(server.url, "toy", max_tokens=96)
+        judge = genrm_http.HTTPJudge(server.url, "toy", max_tokens=96)
     with GenRMServer(model_dir="out/genrm/rl/hf"):  # a learned toy GenRM
 
 It can be told to misbehave (attributes, changeable while it runs): slow = S seconds of sleep before

@@ -40,6 +40,8 @@ def test_load_jsonl_json_parquet(tmp_path):
     (lambda r: r.update(prompt=[]), "prompt"),
     (lambda r: r.update(prompt=[{"role": "user"}]), "prompt[0]"),
     (lambda r: r.update(prompt=7), "prompt"),
+    (lambda r: r.update(prompt=[{"role": "system", "content": "You are helpful."}]), "prompt"),
+    (lambda r: r.update(prompt=[{"role": "system", "content": "sys"}, {"role": "user", "content": " "}]), "prompt"),
     (lambda r: r.pop("reward_model"), "reward_model.ground_truth"),
     (lambda r: r.update(reward_model={"style": "rule"}), "reward_model.ground_truth"),
     (lambda r: r.update(reward_model={"ground_truth": None}), "reward_model.ground_truth"),
@@ -67,6 +69,29 @@ def test_bad_json_line_and_format(tmp_path):
         data.load_rows(str(p))
     with pytest.raises(ValueError, match="unknown format"):
         data.load_rows(str(tmp_path / "d.csv"))
+
+
+def test_bad_bytes_and_bad_json_name_file_and_line(tmp_path):
+    p = tmp_path / "d.jsonl"
+    p.write_bytes((json.dumps(GOOD) + "\r\n" + json.dumps(GOOD) + "\n").encode() + b'{"prompt": "\xff"}\n')
+    with pytest.raises(ValueError, match=r"d\.jsonl: row 3: field '<json>': not valid UTF-8 at column 13"):
+        data.load_rows(str(p))
+    j = tmp_path / "d.json"
+    j.write_bytes(b'[\n' + json.dumps(GOOD).encode() + b',\n {"prompt": "caf\xe9"}]')
+    with pytest.raises(ValueError, match=r"d\.json: line 3: not valid UTF-8 at column 17"):
+        data.load_rows(str(j))
+    j.write_text("[\n" + json.dumps(GOOD) + ",\n  {oops}]")
+    with pytest.raises(ValueError, match=r"d\.json: line 3, column 4: invalid JSON"):
+        data.load_rows(str(j))
+
+
+def test_problem_text_never_index_errors():
+    from data import Row, problem_text
+    assert problem_text(Row([{"role": "system", "content": "s"}, {"role": "user", "content": "q"}], "1")) == "q"
+    assert problem_text(Row("plain", "1")) == "plain"
+    assert problem_text(Row([{"role": "system", "content": "s"}], "1")) == "s"  # hand-built rows only
+    assert problem_text(Row([], "1")) == ""
+    assert problem_text(Row("p", "1", {"question": "from extra"})) == "from extra"
 
 
 def test_shared_critic_sample_loads():
@@ -116,6 +141,155 @@ def test_verify_rule():
     assert verify("\\boxed{7}", 7)[0] is True  # an int ground truth is compared as text
     assert verify("\\boxed{}", " ")[0] is False  # empty == empty must not be +1
     assert verify("\\boxed{[INVALID]}", "19")[0] is False
+
+
+# ---- parity with DAPO's regex normaliser, and linear time ----
+
+
+def _dapo_normalize_reference(s: str) -> str:
+    """The regex normaliser as DAPO wrote it (and data.py had it): quadratic, kept here as the parity oracle."""
+    import re
+    s = s.split("=")[-1]
+    for before, after in data._SUBSTITUTIONS:
+        s = s.replace(before, after)
+    for expr in data._REMOVED_EXPRESSIONS:
+        s = s.replace(expr, "")
+    s = re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", s)
+    s = re.sub(r"(\\text\{)(.*?)(\})", "\\2", s)
+    s = re.sub(r"(\\textbf\{)(.*?)(\})", "\\2", s)
+    s = re.sub(r"(\\overline\{)(.*?)(\})", "\\2", s)
+    s = re.sub(r"(\\boxed\{)(.*)(\})", "\\2", s)
+    s = re.sub(r"(frac)([^{])(.)", "frac{\\2}{\\3}", s)  # \fracab -> \frac{a}{b}
+    s = re.sub(r"(sqrt)([^{])", "sqrt{\\2}", s)  # \sqrta -> \sqrt{a}
+    s = s.replace("$", "")
+    if s.replace(",", "").isdigit():
+        s = s.replace(",", "")
+    return s.strip()
+
+
+_RICH = list("$\\{}()=,0123456789 \n\rtexbodfracsq.^-ab") + [
+    "\\text{", "\\textbf{", "\\overline{", "\\boxed{", "\\frac", "\\sqrt", "\\$", "\\text{and}", "\\text{m}", "mbox{"]
+_STRUCTURAL = ["$", "{", "}", "\n", "x", "\\text{", "\\textbf{", "\\overline{", "\\boxed{", "\\"]  # more collisions
+
+
+def test_normalize_matches_dapo_regexes_on_random_strings():
+    rng = random.Random(1234)
+    for alphabet in (_RICH, _STRUCTURAL):
+        for _ in range(10_000):
+            s = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 30)))
+            assert normalize_answer(s) == _dapo_normalize_reference(s), repr(s)
+
+
+@pytest.mark.parametrize("s", [
+    "$a$ $b$", "x$1$2$3\ny$4$", "\\text{a}\\text{b}", "\\text{a\n}b}", "\\text{\\text{a}}", "\\boxed{a}b}\n\\boxed{c}",
+    "\\boxed{a\n}", "\\textbf{\\text{x}}", "\\overline{1}\\overline{2", "$\\boxed{\\frac12}$", "\n$$\n", "\\text{",
+])
+def test_normalize_parity_hand_cases(s):
+    assert normalize_answer(s) == _dapo_normalize_reference(s)
+
+
+@pytest.mark.parametrize("make", [
+    lambda n: "1" * n, lambda n: "$" + "x" * n, lambda n: "\\text{" * (n // 6), lambda n: "\\boxed{" * (n // 7),
+    lambda n: ("\\text{a" + " " * 50 + "\n") * (n // 58), lambda n: "{" * n, lambda n: "frac" * (n // 4),
+    lambda n: "\n" * n, lambda n: "$a$b\n" * (n // 5), lambda n: "\\text{\\textbf{\\overline{\\boxed{" + "\n" * n,
+])
+def test_verify_is_linear_on_a_million_characters(make):
+    import time
+    big = make(1_000_000)
+    # a 1M-char ground truth (the regexes took minutes at 100k), a 1M-char response, both
+    for response, truth in [("\\boxed{1}", big), (big + "\\boxed{1}", "1"), ("\\boxed{" + big, big)]:
+        t = time.perf_counter()
+        verify(response, truth)
+        assert time.perf_counter() - t < 1.0
+
+
+# ---- ground truths verify cannot match ----
+
+
+def test_answer_issues():
+    assert data.answer_issues("27") is None and data.answer_issues(27) is None and data.answer_issues("-1") is None
+    assert data.answer_issues("\\frac{1}{2}") is None and data.answer_issues("0") is None
+    assert "float" in data.answer_issues("27.0") and "float" in data.answer_issues("-3.00")
+    assert "leading zero" in data.answer_issues("025")
+    assert "empty" in data.answer_issues("\\text{}") and "empty" in data.answer_issues("cm")
+    assert "window" in data.answer_issues("7" * 400)
+    # each really fails against the answer a model writes
+    assert not verify("\\boxed{27}", "27.0")[0] and not verify("\\boxed{25}", "025")[0]
+
+
+def test_load_rows_warns_once_per_file(tmp_path):
+    rows = [{**GOOD, "reward_model": {"ground_truth": gt}} for gt in ["2", "27.0", "5", "025", "4.0", "1.0", "7"]]
+    with pytest.warns(data.DataWarning) as w:
+        data.load_rows(write_jsonl(tmp_path, rows))
+    assert len(w) == 1
+    msg = str(w[0].message)
+    assert "d.jsonl" in msg and "4 of 7" in msg and "row 2 " in msg and "row 4 " in msg and "row 5 " in msg
+    assert "row 6 " not in msg and msg.endswith("...")  # the first three, then "..."
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        data.load_rows(write_jsonl(tmp_path, [GOOD], "clean.jsonl"))  # no issues: no warning
+
+
+def test_canonical_answer():
+    c = data.canonical_answer
+    assert [c("27.0"), c(27.0), c("025"), c("-025"), c("0.00"), c("-0.0"), c("000")] == [
+        "27", "27", "25", "-25", "0", "0", "0"]
+    assert [c("27"), c(25), c(0.5), c("2.50"), c("x = 5"), c(" 7 ")] == ["27", "25", "0.5", "2.50", "x = 5", " 7 "]
+
+
+# ---- python data.py prepare ----
+
+
+def test_prepare_command(tmp_path, capsys):
+    src = tmp_path / "amc.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in [
+        {"problem": "  What is 3^3?  ", "answer": 27.0}, {"problem": "AIME", "answer": "025"},
+        {"problem": "Half?", "answer": "\\frac{1}{2}"}, {"problem": "Four", "answer": 4}]) + "\n")
+    out = tmp_path / "verl.jsonl"
+    data.main(["prepare", str(src), str(out), "--source", "amc23"])
+    said = capsys.readouterr().out
+    assert "4 rows" in said and "2 answers canonicalised" in said and "27.0 -> '27'" in said and "'025' -> '25'" in said
+    rows = data.load_rows(str(out))
+    assert [r.ground_truth for r in rows] == ["27", "25", "\\frac{1}{2}", "4"]
+    assert data.MATH_SUFFIX == "Please reason step by step, and put your final answer within \\boxed{}."
+    assert rows[0].prompt == [{"role": "user", "content": "What is 3^3?\n\n" + data.MATH_SUFFIX}]
+    assert rows[0].extra_info["question"] == "  What is 3^3?  " and rows[0].data_source == "amc23"
+    assert verify("... so \\boxed{27}", rows[0].ground_truth)[0] and verify("\\boxed{25}", rows[1].ground_truth)[0]
+    assert json.loads(out.read_text().splitlines()[0])["reward_model"] == {"ground_truth": "27", "style": "rule"}
+    with pytest.raises(ValueError, match=r"amc.jsonl: row 2: field 'answer'"):
+        data.prepare_rows([(1, {"problem": "p", "answer": "1"}), (2, {"problem": "p", "answer": True})], "x",
+                          path=str(src))
+    pytest.importorskip("pyarrow")
+    parquet = data.prepare(str(src), str(tmp_path / "verl.parquet"), "amc23")
+    assert [r.ground_truth for r in parquet] == ["27", "25", "\\frac{1}{2}", "4"]
+
+
+def test_prepare_gpqa_and_cli(tmp_path):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    src = tmp_path / "gpqa.jsonl"
+    rec = {"Question": "Which?", "Correct Answer": " right ", "Incorrect Answer 1": "w1", "Incorrect Answer 2": "w2",
+           "Incorrect Answer 3": "w3"}
+    src.write_text("\n".join(json.dumps(rec) for _ in range(8)) + "\n")
+    out = tmp_path / "verl.jsonl"
+    cmd = [sys.executable, "data.py", "prepare", str(src), str(out), "--source"]
+    done = subprocess.run(cmd + ["gpqa-diamond", "--gpqa"], cwd=ROOT, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    rows = data.load_rows(str(out))
+    for r in rows:
+        text = r.prompt[0]["content"]
+        assert text.startswith("Which?\nA. ") and text.endswith(
+            "\n\nPlease reason step by step, and put your final answer (only the choice letter) within \\boxed{}.")
+        assert f"\n{r.ground_truth}. right\n" in text and r.extra_info["question"] == "Which?"
+        assert verify(f"\\boxed{{{r.ground_truth}}}", r.ground_truth)[0]
+    assert len({r.ground_truth for r in rows}) > 1  # the right option moves
+    bad = subprocess.run(cmd + ["x"], cwd=ROOT, capture_output=True, text=True)  # no --gpqa: no 'problem' field
+    assert bad.returncode == 1 and "row 1: field 'problem'" in bad.stderr
+
+
+# ---- steps ----
 
 
 def test_split_steps():

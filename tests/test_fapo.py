@@ -50,3 +50,11 @@ def test_score_rollouts_overlong_and_bad_genrm():
     assert s.rewards == [1.0, -2.0]
     with pytest.raises(ValueError, match="verdicts"):
         score_rollouts(["\\boxed{1}"], ["1"], ["p"], genrm=lambda *a: [])
+
+
+def test_pass_at_k():
+    from fapo import pass_at_k
+    assert pass_at_k(4, 0, 2) == 0.0 and pass_at_k(4, 4, 2) == 1.0 and pass_at_k(4, 1, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 1, 2) == pytest.approx(1 - 3 / 6)
+    with pytest.raises(ValueError, match="pass@2"):
+        pass_at_k(1, 0, 2)  # pass@2 from one sample is undefined, not 1.0

@@ -131,3 +131,120 @@ def test_shared_sample_passes_critic_checks():
     rows = load_rows(SAMPLE)
     genrm.check_critic_rows(rows, SAMPLE)
     assert sum(r.ground_truth == -1 for r in rows) == 50
+
+
+# ---- bounded verdict parsing ----
+
+
+def test_parse_index_huge_and_garbage():
+    import random
+    import time
+    assert parse_index("\\boxed{" + "9" * 10_000 + "}", 5) is None  # int() would raise past 4300 digits
+    assert parse_index("\\boxed{-" + "1" * 10_000 + "}", 5) is None
+    assert parse_index("\\boxed{" + "0" * 10_000 + "3}", 5) == 3  # leading zeros were always fine
+    assert parse_index("\\boxed{10}", 11) == 10 and parse_index("\\boxed{11}", 11) is None
+    rng = random.Random(0)
+    garbage = "".join(rng.choice("\\boxed{}0123456789 x\n") for _ in range(1_000_000))
+    for text in [garbage, "\\boxed{" + garbage, "\\boxed{" + "{" * 1_000_000, "\\boxed{" + "{}" * 500_000 + "}"]:
+        t = time.perf_counter()
+        parse_index(text, 8)
+        assert time.perf_counter() - t < 1.0
+
+
+# ---- pooled vs per-subset ProcessBench F1 ----
+
+
+def test_pooled_f1_differs_from_subset_average():
+    # subset a: one error located, one clean kept -> f1 1; subset b: three errors missed, one clean kept -> f1 0
+    preds, labels = [2, -1, 0, 0, 0, -1], [2, -1, 1, 1, 1, -1]
+    m = critic_metrics(preds, labels, subsets=["a", "a", "b", "b", "b", "b"])
+    assert m["a/pb_f1"] == 1.0 and m["b/pb_f1"] == 0.0 and m["avg_f1"] == 0.5
+    # pooled: errors located 1/4, clean rows kept 2/2 -> 2 * 0.25 * 1 / 1.25 = 0.4 (the official "F1 (PB)")
+    assert m["err_loc_acc"] == 0.25 and m["corr_acc"] == 1.0 and m["pb_f1"] == pytest.approx(0.4)
+    assert "avg_f1" not in critic_metrics(preds, labels)
+
+
+def test_pb_subset_by_suffix():
+    assert [genrm.pb_subset(s) for s in ["processbench_gsm8k", "PRM/processbench_math", "processbench_omnimath",
+                                         "x_olympiadbench", "fapo_critic"]] == [
+        "gsm8k", "math", "omnimath", "olympiadbench", "fapo_critic"]
+
+
+# ---- evaluation files: official format, string labels ----
+
+
+class ScriptedJudge:
+    """Says a fixed index for each prompt (by its problem text)."""
+    votes, response_tokens = 1, 0
+
+    def __init__(self, by_problem):
+        self.by_problem = by_problem
+
+    def judge_prompts(self, prompts, n_steps):
+        return [genrm.Verdict(self.by_problem[genrm.parse_genrm_prompt(p[-1]["content"])[0]]) for p in prompts]
+
+
+# (problem, subset, label, final answer correct, the judge's index): hand-computed metrics below
+CASES = [("p1", "gsm8k", -1, True, -1), ("p2", "gsm8k", 1, True, 1), ("p3", "math", 2, True, -1),
+         ("p4", "math", -1, False, 0), ("p5", "omnimath", 0, True, None), ("p6", "omnimath", -1, True, -1)]
+
+
+def _critic_file(tmp_path, official):
+    rows = []
+    for problem, subset, label, fc, _ in CASES:
+        row = {"data_source": f"processbench_{subset}", "prompt": [{"role": "user", "content": genrm.genrm_prompt(
+            problem, "7", ["s0", "s1", "s2"])}]}
+        if official:  # label and flag in raw_info, labels as strings, no total_steps (counted from the tags)
+            row["extra_info"] = {"raw_info": {"label": str(label), "final_answer_correct": fc}}
+        else:  # ours, with string labels
+            row["reward_model"] = {"ground_truth": str(label), "style": "rule"}
+            row["extra_info"] = {"total_steps": 3, "final_answer_correct": fc}
+        rows.append(row)
+    path = tmp_path / ("official.jsonl" if official else "ours.jsonl")
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return str(path)
+
+
+@pytest.mark.parametrize("official", [True, False])
+def test_evaluate_critic_files(tmp_path, official):
+    rows = genrm.load_critic_rows(_critic_file(tmp_path, official))
+    assert [r.ground_truth for r in rows] == [c[2] for c in CASES]
+    assert all(r.extra_info["total_steps"] == 3 for r in rows)
+    m = genrm.evaluate_rows(ScriptedJudge({c[0]: c[4] for c in CASES}), rows)
+    # errors p2 (located), p3 (missed), p5 (unparseable: flagged, not located); clean p1 ok, p4 flagged, p6 ok
+    assert m["err_acc"] == pytest.approx(2 / 3) and m["err_loc_acc"] == pytest.approx(1 / 3)
+    assert m["corr_acc"] == pytest.approx(2 / 3) and m["pb_f1"] == pytest.approx(4 / 9)
+    assert (m["gsm8k/pb_f1"], m["math/pb_f1"], m["omnimath/pb_f1"]) == (1.0, 0.0, 0.0)
+    assert m["avg_f1"] == pytest.approx(1 / 3)
+    # FlawedPositiveBench: p4 dropped (final answer wrong); flags p2 p5, truth p2 p3 p5
+    assert m["n_fp"] == 5 and m["fp_precision"] == 1.0 and m["fp_recall"] == pytest.approx(2 / 3)
+    assert m["fp_f1"] == pytest.approx(0.8) and m["fp_acc"] == pytest.approx(4 / 5)
+    assert m["unparseable"] == pytest.approx(1 / 6)
+
+
+def test_main_prints_pooled_and_subset_f1(tmp_path, capsys):
+    import toy
+    rows = []
+    for i, (row, _, _) in enumerate(toy.critic_rows(12, seed=3)):
+        rows.append({"data_source": f"processbench_{['gsm8k', 'math', 'omnimath'][i % 3]}", "prompt": row.prompt,
+                     "extra_info": {"raw_info": {"label": str(row.ground_truth), "final_answer_correct": True}}})
+    path = tmp_path / "official.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    genrm.main(["--model", "oracle", "--data", str(path)])
+    out = capsys.readouterr().out
+    assert "F1 (PB), pooled over 12 rows" in out and "gsm8k f1" in out and "omnimath f1" in out and "avg f1" in out
+    assert json.loads(out.strip().splitlines()[-1])["pb_f1"] == 1.0
+
+
+def test_check_critic_rows_official_fields():
+    from data import Row
+    prompt = [{"role": "user", "content": genrm.genrm_prompt("q", "1", ["a", "b"])}]
+    r = Row(prompt, 0, {"raw_info": {"label": "-1", "final_answer_correct": False}})
+    genrm.check_critic_rows([r], "f.jsonl")  # raw_info wins, as in the official script; n from the tags
+    assert r.ground_truth == -1 and r.extra_info["total_steps"] == 2 and r.extra_info["final_answer_correct"] is False
+    with pytest.raises(ValueError, match="final_answer_correct"):
+        genrm.check_critic_rows([Row(prompt, 1, {"final_answer_correct": "yes"})], "f.jsonl")
+    with pytest.raises(ValueError, match="ground_truth"):
+        genrm.check_critic_rows([Row(prompt, True, {})], "f.jsonl")
+    with pytest.raises(ValueError, match="total_steps"):
+        genrm.check_critic_rows([Row([], 1, {})], "f.jsonl")

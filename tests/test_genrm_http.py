@@ -1,4 +1,4 @@
-"""Tests for genrm.HTTPJudge against tests/genrm_server.py (127.0.0.1, a free port): the same verdicts
+"""Tests for genrm_http.HTTPJudge against tests/genrm_server.py (127.0.0.1, a free port): the same verdicts
 as the in-process judges, each failure mode counted apart and never a flag, and bounded time when the
 server hangs."""
 import json
@@ -13,6 +13,7 @@ import pytest
 
 import fapo
 import genrm
+import genrm_http
 import toy
 from genrm_server import GenRMServer
 
@@ -40,7 +41,7 @@ def fresh():
 
 def judge_for(url, **kw):
     kw.setdefault("backoff", 0.01)
-    return genrm.HTTPJudge(url, "toy", max_tokens=96, **kw)
+    return genrm_http.HTTPJudge(url, "toy", max_tokens=96, **kw)
 
 
 def indices(verdicts):
@@ -184,7 +185,7 @@ def test_model_server_matches_in_process_judge(tmp_path):
     local = genrm.ModelJudge(model, tok, max_new_tokens=8)
     with torch.no_grad():
         want = local.judge_prompts(prompts, n_steps)
-    with GenRMServer(model_dir=str(tmp_path)) as s, genrm.HTTPJudge(s.url, "toy", max_tokens=8) as judge:
+    with GenRMServer(model_dir=str(tmp_path)) as s, genrm_http.HTTPJudge(s.url, "toy", max_tokens=8) as judge:
         got = judge.judge_prompts(prompts, n_steps)
     assert [v.text for v in got] == [v.text for v in want]  # greedy: the same critiques, batched or not
     assert all(v.error is None for v in got) and judge.response_tokens == local.response_tokens > 0

@@ -336,3 +336,107 @@ def test_token_entropy_matches_naive(dtype, scale, temperature, chunk):
     torch.testing.assert_close(mine.double(), _entropy(logits.double() / temperature), atol=1e-5, rtol=0)
     if scale == 1.0:  # the float32 naive formula drifts by ~1e-4 at larger logits (CPU softmax sum)
         torch.testing.assert_close(mine, _entropy(logits.float() / temperature), atol=1e-5, rtol=1e-5)
+
+
+# ---- the sampler/trainer gap and truncated importance sampling ----
+
+class OneProcess:
+    """A world of one without torch.distributed: what policy_update needs of fsdp.World."""
+    size, device = 1, torch.device("cpu")
+
+    def sum(self, values):
+        return [float(v) for v in values]
+
+    max = sum
+
+
+def _tiny_qwen3():
+    import transformers
+    config = transformers.Qwen3Config(vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                      max_position_embeddings=128, initializer_range=0.2)
+    torch.manual_seed(0)
+    return transformers.AutoModelForCausalLM.from_config(config).float().eval()
+
+
+@pytest.fixture(scope="module")
+def rollouts():
+    """A tiny model and its own samples: ragged prompts, 2 samples each, responses cut to ragged lengths
+    (a prefix of a sample is a sample, with the same log-probs)."""
+    from sampler import generate
+    model = _tiny_qwen3()
+    g = torch.Generator().manual_seed(1)
+    prompts = [torch.randint(8, 96, (n,), generator=g).tolist() for n in (3, 9, 5, 12)]
+    comps = generate(model, prompts, 10, temperature=0.9, seed=0, n=2)
+    adv = torch.randn(len(comps), generator=g).tolist()
+    cut = [10, 4, 7, 1, 9, 10, 3, 6]
+    samples = [grpo.Sample(prompts[i // 2], c.tokens[:n], a, sampler_logp=c.logprobs[:n])
+               for i, (c, a, n) in enumerate(zip(comps, adv, cut))]
+    samples[1].advantage = [adv[1] * (t + 1) / 4 for t in range(len(samples[1].response))]  # per-token path
+    assert len({len(s.response) for s in samples}) > 1  # ragged responses: padding is exercised
+    return model, samples
+
+
+def _update(model, samples, shift=None, **kw):
+    """One policy_update with SGD(lr=0.1) on a copy of model; shift(i, logprobs) edits the sampler's log-probs.
+    Returns the parameter change and the stats."""
+    import copy
+    m = copy.deepcopy(model)
+    if shift is not None:
+        samples = [grpo.Sample(s.prompt, s.response, s.advantage, sampler_logp=shift(i, s.sampler_logp))
+                   for i, s in enumerate(samples)]
+    cfg = grpo.UpdateSettings(pad_id=0, temperature=0.9, micro_batch=3, grad_clip=1e9, **kw)
+    stats = grpo.policy_update(m, torch.optim.SGD(m.parameters(), lr=0.1), samples, cfg, OneProcess())
+    before = dict(model.named_parameters())
+    return {k: p.detach() - before[k].detach() for k, p in m.named_parameters()}, stats
+
+
+@pytest.mark.parametrize("mini_batches", [1, 2])
+def test_sampler_and_trainer_logprobs_agree_on_cpu_fp32(rollouts, mini_batches):
+    model, samples = rollouts
+    _, st = _update(model, samples, mini_batches=mini_batches)
+    assert st["gap_mean"] < 1e-5 and st["gap_max"] < 1e-5 and 0 <= st["gap_kl"] < 1e-8
+    _, st = _update(model, samples, shift=lambda i, lp: None)
+    assert "gap_mean" not in st and "tis_weight" not in st  # no sampler log-probs: nothing to report
+
+
+def test_gap_stats_and_tis_on_a_known_mismatch(rollouts):
+    model, samples = rollouts
+    off, _ = _update(model, samples)
+    assert max(d.abs().max().item() for d in off.values()) > 1e-3  # the update is not vacuous
+    # the sampler gave every token half the trainer's probability: d = log 2 everywhere, w = 2
+    half = lambda i, lp: [x - math.log(2) for x in lp]  # noqa: E731
+    n_tok = sum(len(s.response) for s in samples)
+    for cap, w in [(10.0, 2.0), (1.5, 1.5)]:
+        delta, st = _update(model, samples, shift=half, tis_cap=cap)
+        assert st["gap_mean"] == pytest.approx(math.log(2), abs=1e-5)
+        assert st["gap_max"] == pytest.approx(math.log(2), abs=1e-5)
+        k3 = 2 - math.log(2) - 1  # per token; summed per sequence, averaged over sequences
+        assert st["gap_kl"] == pytest.approx(k3 * n_tok / len(samples), rel=1e-4)
+        assert st["tis_weight"] == pytest.approx(w, rel=1e-5)
+        for k in off:  # a uniform weight w scales every token's loss, so the SGD step, by w
+            torch.testing.assert_close(delta[k], w * off[k], atol=1e-6, rtol=1e-4)
+
+
+def test_tis_with_infinite_cap_leaves_the_update_unchanged(rollouts):
+    model, samples = rollouts
+    off, _ = _update(model, samples)
+    inf, st = _update(model, samples, tis_cap=math.inf)
+    assert st["tis_weight"] == pytest.approx(1.0, abs=1e-5)
+    for k in off:
+        torch.testing.assert_close(inf[k], off[k], atol=1e-6, rtol=0)
+
+
+def test_tis_with_small_cap_and_mismatch_changes_the_update(rollouts):
+    model, samples = rollouts
+    g = torch.Generator().manual_seed(2)
+    noise = [(torch.rand(len(s.response), generator=g) - 0.5).tolist() for s in samples]  # d = -noise
+    shift = lambda i, lp: [x + e for x, e in zip(lp, noise[i])]  # noqa: E731
+    off, _ = _update(model, samples)
+    delta, st = _update(model, samples, shift=shift, tis_cap=1.1)
+    flat = torch.tensor([e for row in noise for e in row])
+    assert st["tis_weight"] == pytest.approx(torch.exp(-flat).clamp(max=1.1).mean().item(), abs=1e-5)
+    assert st["gap_max"] == pytest.approx(flat.abs().max().item(), abs=1e-5)
+    assert max((delta[k] - off[k]).abs().max().item() for k in off) > 1e-4
+    with pytest.raises(ValueError):  # one log-prob per response token, or the gap would be misaligned
+        _update(model, samples, shift=lambda i, lp: lp[:-1])

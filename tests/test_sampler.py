@@ -1,5 +1,7 @@
 """Tests for sampler.py: greedy parity with model.generate, logprobs vs a full forward, seeding,
-top-k/top-p filters, shared prefill, compaction interval, waves, context checks. Tiny random models, CPU."""
+top-k/top-p filters, shared prefill, compaction interval, waves, context checks; the fast loop (static
+cache, exact rows or power-of-two buckets, compiled step) against the eager one and model.generate.
+Tiny random models, CPU; the CUDA tests skip without a GPU."""
 import os
 import sys
 import warnings
@@ -10,6 +12,7 @@ import pytest
 import torch
 import transformers
 
+import sampler
 from sampler import generate, plan_waves, sample_from_logits, top_k_filter, top_p_filter
 
 VOCAB = 96
@@ -216,6 +219,97 @@ def test_context_len_limits_and_errors():
         generate(model, [[1] * 200], 4)  # default: config.max_position_embeddings (128)
 
 
+# ---- the fast loop (static cache, row buckets) against the eager loop and model.generate ----
+
+def assert_same(fast, eager, atol=1e-4):
+    assert [c.tokens for c in fast] == [c.tokens for c in eager]
+    assert [c.finish_reason for c in fast] == [c.finish_reason for c in eager]
+    for f, e in zip(fast, eager):
+        torch.testing.assert_close(torch.tensor(f.logprobs), torch.tensor(e.logprobs), atol=atol, rtol=0)
+
+
+@pytest.fixture(params=["exact rows", "buckets"])
+def rows_policy(request, monkeypatch):
+    """Uncompiled, the fast loop drops finished rows exactly and attends over written slots; compiled (CUDA),
+    it pads rows to power-of-two buckets and attends over every slot. Test both on CPU, the second with the
+    step function not compiled (test_fast_compiled_step_matches_eager compiles it)."""
+    if request.param == "buckets":
+        monkeypatch.setattr(sampler, "fast_state", lambda model, fast, device: None if fast is False else
+                            sampler.FastState(sampler.decode_step, buckets=True))
+    return request.param
+
+
+def count_compactions(monkeypatch):
+    """Count the fast path's moves to a smaller bucket, so a test can show it exercised them."""
+    calls = []
+    original = sampler.FastState.keep_rows
+    monkeypatch.setattr(sampler.FastState, "keep_rows", lambda self, keep: (calls.append(keep.numel()),
+                                                                            original(self, keep)))
+    return calls
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_fast_greedy_matches_hf_generate(arch, rows_policy, monkeypatch):
+    model, prompts = tiny_model(arch), ragged_prompts(LENGTHS * 2, seed=4)  # 12 rows: bucket 16 -> 8
+    greedy = [c.tokens for c in generate(model, prompts, 24, temperature=0, fast=False)]
+    # the token that stops the most rows (but not all): at least 5 of 12 must stop to leave bucket 16
+    stops = {t: sum(t in r for r in greedy) for t in range(VOCAB) if any(t not in r for r in greedy)}
+    eos = max(stops, key=stops.get)
+    assert stops[eos] >= 5
+    unused = next(t for t in range(VOCAB) if all(t not in r for r in greedy))
+    refs = [hf_greedy(model, p, 24, eos=eos) for p in prompts]
+    compactions = count_compactions(monkeypatch)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        fast = generate(model, prompts, 24, temperature=0, eos_token_id=[unused, eos], pad_token_id=eos,
+                        check_every=3, fast=True)
+    assert [c.tokens for c in fast] == refs
+    assert {c.finish_reason for c in fast} == {"stop", "length"}
+    assert compactions, "no row left its bucket: the test does not exercise compaction"
+    eager = generate(model, prompts, 24, temperature=0, eos_token_id=[unused, eos], pad_token_id=eos,
+                     check_every=3, fast=False)
+    assert_same(fast, eager)
+
+
+@pytest.mark.parametrize("arch", ["qwen3", "llama"])
+def test_fast_sampling_matches_eager(arch, rows_policy, monkeypatch):
+    model, prompts = tiny_model(arch, seed=3), ragged_prompts(LENGTHS, seed=3)
+    kwargs = dict(temperature=0.8, top_p=0.95, top_k=40, n=4, check_every=2, eos_token_id=[3, 7, 11, 19])
+    eager = generate(model, prompts, 30, seed=1, **kwargs, fast=False)
+    compactions = count_compactions(monkeypatch)
+    fast = generate(model, prompts, 30, seed=1, **kwargs, fast=True)
+    assert_same(fast, eager)
+    assert {c.finish_reason for c in fast} == {"stop", "length"}
+    assert compactions
+    # waves share the generator: each wave must draw exactly as many uniforms as the eager loop
+    waves = dict(max_tokens_in_flight=300, generator=torch.Generator().manual_seed(2))
+    assert len(plan_waves(LENGTHS, 4, 30, 300)) > 2
+    eager = generate(model, prompts, 30, **kwargs, **waves, fast=False)
+    waves["generator"].manual_seed(2)
+    assert_same(generate(model, prompts, 30, **kwargs, **waves, fast=True), eager)
+
+
+def test_fast_falls_back_to_eager_for_sliding_window():
+    config = transformers.Qwen3Config(vocab_size=VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                      use_sliding_window=True, sliding_window=8, max_window_layers=1)
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(config).eval()
+    prompts = ragged_prompts(LENGTHS[:3])
+    with pytest.warns(UserWarning, match="eager decode loop"):
+        fast = generate(model, prompts, 8, temperature=0, fast=True)
+    assert_same(fast, generate(model, prompts, 8, temperature=0, fast=False), atol=0)
+
+
+def test_fast_compiled_step_matches_eager():
+    """The compiled decode step (what CUDA runs, minus the graphs) on CPU: slow to compile, so one short run."""
+    model, prompts = tiny_model(), ragged_prompts(LENGTHS, seed=5)
+    kwargs = dict(temperature=1.0, n=2, check_every=2, eos_token_id=[3, 7])
+    eager = generate(model, prompts, 12, seed=0, **kwargs, fast=False)
+    assert_same(generate(model, prompts, 12, seed=0, **kwargs, fast="compile"), eager)
+    assert sampler.FAST_STATES[model].step_fn is not None, "compilation failed and fell back"
+
+
 # ---- GPU ----
 
 def check_bf16_greedy(device):
@@ -242,3 +336,16 @@ def test_bf16_greedy_cpu():
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_bf16_greedy_cuda():
     check_bf16_greedy("cuda")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("fast", ["static", True])
+def test_fast_cuda_matches_eager(fast):
+    """fp32 on CUDA: the static cache, and the compiled step with CUDA graphs (fast=True), against eager."""
+    model, prompts = tiny_model(device="cuda"), ragged_prompts(LENGTHS * 3, seed=6)
+    kwargs = dict(temperature=1.0, top_p=0.95, n=2, check_every=4, eos_token_id=[3, 7])
+    eager = generate(model, prompts, 40, seed=0, **kwargs, fast=False)
+    for _ in range(2):  # the second call replays the recorded graphs
+        assert_same(generate(model, prompts, 40, seed=0, **kwargs, fast=fast), eager)
+    if fast is True:
+        assert sampler.FAST_STATES[model].step_fn is not None, "compilation failed and fell back"
