@@ -1,16 +1,28 @@
-"""fsdp.py -- the plumbing under train.py: the torchrun world, FSDP2 sharding, gathering for sampling,
-checkpoints. Nothing here knows about RL; train.py reads as the algorithm because this lives apart.
+"""fsdp.py -- the plumbing under train.py: the torchrun world, FSDP2 sharding, loading without a full copy
+per rank, gathering for sampling, checkpoints. Nothing here knows about RL; train.py reads as the
+algorithm because this lives apart.
 
     world = World()                         the one place that reads torchrun's env (a plain `python` is a world of 1)
     model = shard(model, world, dtype)      FSDP2: one group per decoder layer, then the root
+    model = load_pretrained(dir, world, dtype)   built on the meta device, sharded, each rank reads its own rows
+    ref = frozen_copy(model, world, dtype)  a frozen copy with the same sharding (the KL reference)
     with gathered(model): ...               unshard once, so a decode loop runs with no collectives
-    ckpt = Checkpointer(out_dir, world)     save / load the training state; export HF weights
+    ckpt = Checkpointer(out_dir, world)     save / load the sharded training state; export HF weights
+
+On disk (OUT is a phase's output directory):
+    OUT/ckpt/step_000120/    the training state for --resume: each rank's shards of weights and Adam state
+                             (torch.distributed.checkpoint, any world size can load it), trainer.pt (scheduler,
+                             step), COMPLETE (written last)
+    OUT/ckpt/latest          the name of the newest complete state, replaced atomically
+    OUT/exports/step_000120/ an HF export: config, model.safetensors (tied weights once), tokenizer; no trainer state
+    OUT/hf                   a symlink to the newest export: what from_pretrained and vLLM load
 
 Why a module of its own: train.py is the story of an RL step; this is the machinery every trainer needs and
 a reader can skip (nanoGPT keeps the same split between train.py and its DDP/checkpoint boilerplate).
 """
 import contextlib
 import fcntl
+import json
 import os
 import shutil
 import threading
@@ -18,9 +30,13 @@ import time
 
 import torch
 import torch.distributed as dist
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_optimizer_state_dict,
-                                                     set_model_state_dict, set_optimizer_state_dict)
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
+from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict, get_state_dict,
+                                                     set_state_dict)
 from torch.distributed.fsdp import CPUOffloadPolicy, FSDPModule, MixedPrecisionPolicy, fully_shard
+
+import hfio
 
 # ---- the world: torchrun's environment, read in one place ----
 
@@ -37,13 +53,13 @@ class World:
         if cuda:
             torch.cuda.set_device(self.device)
         if not dist.is_initialized():
+            if "TORCHELASTIC_RUN_ID" in os.environ:  # before the rendezvous, which waits for a dead launcher too
+                watch_parent()
             if "MASTER_ADDR" in os.environ:
                 dist.init_process_group("nccl" if cuda else "gloo", device_id=self.device if cuda else None)
             else:  # plain `python train.py`: a world of one, no network needed
                 dist.init_process_group("nccl" if cuda else "gloo", store=dist.HashStore(), rank=0, world_size=1)
         self.main = self.rank == 0
-        if "TORCHELASTIC_RUN_ID" in os.environ:
-            watch_parent()
 
     def sum(self, values, op=dist.ReduceOp.SUM):
         """All-reduce a list of floats (one collective); what grpo.policy_update calls."""
@@ -59,9 +75,6 @@ class World:
             print(msg, flush=True)
 
 
-# ---- sharding and gathering ----
-
-
 def watch_parent():
     """Under torchrun: exit when the launcher dies (killing only torchrun must not leave workers training)."""
     parent = os.getppid()
@@ -73,19 +86,40 @@ def watch_parent():
     threading.Thread(target=watch, daemon=True).start()
 
 
+# ---- sharding and gathering ----
+
+
 def shard(model, world: World, compute_dtype, offload=False):
     """FSDP2: each decoder layer its own group, then the root (embeddings, norm, head). fp32 master
     weights; on GPU bf16 compute with fp32 gradient reduction. offload: parameters, gradients and the
-    optimizer state live in CPU memory between uses (FSDP2's CPUOffloadPolicy; verl's param/optimizer offload)."""
+    optimizer state live in CPU memory between uses (FSDP2's CPUOffloadPolicy; verl's param/optimizer offload).
+    A model built on the meta device is given memory for its shards only (to be filled by the caller)."""
     kw = dict(mp_policy=MixedPrecisionPolicy(param_dtype=compute_dtype, reduce_dtype=torch.float32))
-    if offload and world.device.type == "cuda":
+    offload = offload and world.device.type == "cuda"
+    if offload:
         kw["offload_policy"] = CPUOffloadPolicy()
-    else:
+    meta = any(p.is_meta for p in model.parameters())
+    if not meta and not offload:
         model.to(world.device)
     for layer in model.model.layers:  # where transformers' causal LMs keep their decoder blocks
         fully_shard(layer, **kw)
     fully_shard(model, **kw)
+    if meta:  # offloaded shards live on the CPU; buffers are not FSDP's and stay on the device
+        model.to_empty(device="cpu" if offload else world.device)
+        _reset_buffers(model, world.device)
     return model
+
+
+def _reset_buffers(model, device):
+    """Non-persistent buffers (the rotary inv_freq) are computed in __init__ and never stored: built on the
+    meta device they hold nothing, and to_empty leaves garbage. Rebuild each such module on the CPU (its
+    constructor takes the config) and take its buffers."""
+    for module in model.modules():
+        names = [n for n in module._non_persistent_buffers_set if module._buffers.get(n) is not None]
+        if names:
+            fresh = type(module)(module.config)
+            for n in names:
+                module._buffers[n] = fresh._buffers[n].to(device)
 
 
 @contextlib.contextmanager
@@ -105,72 +139,261 @@ def gathered(model):
 
 
 def full_state_dict(model):
-    """The whole model on CPU, on rank 0 (empty elsewhere)."""
+    """The whole model on CPU, on rank 0 (empty elsewhere). For tests and small models only."""
     return get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+# ---- loading: the meta device, then each rank reads only its own rows ----
+
+
+def load_pretrained(path, world: World, compute_dtype, offload=False, configure=None):
+    """An HF model directory, sharded, without the whole model on any rank: built on the meta device (no
+    memory), sharded, then each rank reads its own rows of every tensor from the safetensors files.
+    configure(model) runs before sharding (context length, gradient checkpointing). fp32 master weights."""
+    from transformers import AutoConfig, AutoModelForCausalLM, GenerationConfig
+    files = hfio.safetensors_index(path)
+    with torch.device("meta"):  # trust_remote_code stays off: the model's own code is not run
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(path), dtype=torch.float32)
+    if os.path.exists(os.path.join(path, "generation_config.json")):  # its EOS ids stop rollouts
+        model.generation_config = GenerationConfig.from_pretrained(path)
+    if configure:
+        configure(model)
+    shard(model, world, compute_dtype, offload)
+    entries = _entries(model)
+    with torch.no_grad():
+        for name, t in entries:
+            if name not in files:
+                raise ValueError(f"{path}: no tensor {name!r} in its safetensors files")
+            hfio.read_rows(files[name], name, t)
+    unused = set(files) - set(model.state_dict())  # a tied lm_head.weight is in the state dict, read once
+    if unused:  # from_pretrained ignores them too (e.g. an old checkpoint's rotary inv_freq)
+        world.say(f"{path}: {len(unused)} tensors not used by the model, e.g. {sorted(unused)[:3]}")
+    return model
+
+
+def frozen_copy(model, world: World, compute_dtype, offload=False):
+    """A frozen copy of a sharded model with the same sharding (the KL reference): built on the meta device,
+    then each rank copies its own shards. No rank ever holds the whole model."""
+    from transformers import AutoModelForCausalLM
+    with torch.device("meta"):
+        ref = AutoModelForCausalLM.from_config(model.config, dtype=torch.float32)
+    ref.generation_config = model.generation_config
+    shard(ref, world, compute_dtype, offload)
+    with torch.no_grad():
+        for (_, r), (_, q) in zip(_entries(ref), _entries(model), strict=True):
+            hfio.local(r).copy_(hfio.local(q))
+    return ref.eval().requires_grad_(False)
+
+
+def _entries(model):
+    """(name, tensor) of everything a checkpoint holds: parameters (a tied one once) and persistent buffers."""
+    buffers = {n for n, _ in model.named_buffers()}
+    params = dict(model.named_parameters())
+    return [(n, params.get(n, t)) for n, t in model.state_dict(keep_vars=True).items() if n in params or n in buffers]
 
 
 # ---- checkpoints ----
 
+SAVE_POINTS = ("cleaned", "shards", "trainer_state", "marker", "pointer", "pruned")  # _fault's points, in order
+EXPORT_POINTS = ("export_started", "export_written", "export_renamed", "export_linked")
+_fault_count = 0
+
+
+def _fault(point):
+    """Fault injection: every step of a save calls this. FAPO_FAULT_AT=N kills the process (os._exit, like
+    kill -9) at its N-th call; tests monkeypatch it to raise."""
+    global _fault_count
+    _fault_count += 1
+    if os.environ.get("FAPO_FAULT_AT") == str(_fault_count):
+        os._exit(137)
+
+
+class CheckpointError(RuntimeError):
+    pass
+
 
 class Checkpointer:
-    """OUT/ckpt: HF-format weights + tokenizer (from_pretrained loads them) + trainer state for --resume.
-    Written to ckpt.tmp, then swapped in: a kill mid-save leaves the previous checkpoint intact."""
+    """OUT/ckpt (the sharded training state, versioned, behind the pointer OUT/ckpt/latest) and OUT/exports +
+    OUT/hf (HF exports). Nothing is overwritten in place: a kill at any instant leaves the previous state
+    loadable and the next save able to proceed (it removes what a killed save left)."""
 
     def __init__(self, out_dir, world: World):
         self.out_dir, self.world = out_dir, world
-        self.final = os.path.join(out_dir, "ckpt")
+        self.dir, self.exports = os.path.join(out_dir, "ckpt"), os.path.join(out_dir, "exports")
 
-    def save(self, model, optimizer, scheduler, tokenizer, state: dict):
+    def save(self, model, optimizer, scheduler, state: dict):
+        """The training state after state["step"]: every rank writes its shards, rank 0 the rest; then the
+        pointer moves, then older states go."""
+        name = f"step_{state['step']:06d}"
+        path = os.path.join(self.dir, name)
         if not all_finite(model):  # a NaN must never replace the last good checkpoint
-            raise FloatingPointError(f"non-finite weights at step {state.get('step')}: not saved; "
-                                     f"{self.final} keeps the last good checkpoint")
-        msd = full_state_dict(model)
-        osd = get_optimizer_state_dict(model, optimizer,
-                                       options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-        if self.world.main:
-            tmp, old = self.final + ".tmp", self.final + ".old"
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp, state_dict=msd)
-            tokenizer.save_pretrained(tmp)
-            torch.save({"optimizer": osd, "scheduler": scheduler.state_dict(), **state},
-                       os.path.join(tmp, "trainer_state.pt"))
-            # every intermediate state is one that latest() and the next save understand: a leftover ckpt.old
-            # (a kill after the swap) is removed first, never renamed onto
-            if os.path.exists(self.final):
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(self.final, old)
-            os.replace(tmp, self.final)
-            shutil.rmtree(old, ignore_errors=True)
-        dist.barrier()
+            raise FloatingPointError(f"non-finite weights at step {state['step']}: not saved; "
+                                     f"{self.latest() or self.dir} keeps the last good checkpoint")
+        if self._main(lambda: self._pointer() == name):
+            return  # this very state is on disk (a resumed run saving the step it started from)
+        try:
+            self._main(lambda: self._prune(keep=self._pointer()))  # what a killed save left behind
+            _fault("cleaned")
+            model_sd, optim_sd = get_state_dict(model, optimizer)
+            dcp.save({"model": model_sd, "optimizer": optim_sd}, checkpoint_id=path)
+            _fault("shards")
+            self._main(lambda: self._commit(path, name, scheduler, state))
+        except (Exception, CheckpointException) as e:  # DCP's exception is a BaseException
+            raise CheckpointError(f"checkpoint save to {path} failed ({_reason(e)}); "
+                                  f"{self.latest() or 'no earlier checkpoint'} is intact") from e
+
+    def _commit(self, path, name, scheduler, state):
+        _save_synced({"scheduler": scheduler.state_dict(), "state": state}, os.path.join(path, "trainer.pt"))
+        _fault("trainer_state")
+        write_atomic(os.path.join(path, "COMPLETE"), json.dumps({"step": state["step"], "world_size": self.world.size}))
+        _fsync_dir(path)
+        _fault("marker")
+        write_atomic(os.path.join(self.dir, "latest"), name)  # the one instant the checkpoint changes
+        _fsync_dir(self.dir)
+        _fault("pointer")
+        self._prune(keep=name)
+        _fault("pruned")
+
+    def _pointer(self):
+        try:
+            with open(os.path.join(self.dir, "latest")) as f:
+                return f.read().strip()
+        except FileNotFoundError:
+            return None
+
+    def _prune(self, keep):
+        """Remove every state but `keep`: older ones, and partial ones from a killed save."""
+        for entry in os.listdir(self.dir) if os.path.isdir(self.dir) else []:
+            if entry != keep and entry != "latest":
+                p = os.path.join(self.dir, entry)
+                shutil.rmtree(p) if os.path.isdir(p) and not os.path.islink(p) else os.remove(p)
 
     def latest(self):
-        """The directory to resume from, or None. ckpt.old survives a kill between the two renames of save."""
-        paths = [self.final, self.final + ".old"]
-        return next((q for q in paths if os.path.exists(os.path.join(q, "trainer_state.pt"))), None)
+        """The directory of the newest complete training state, or None."""
+        name = self._pointer()
+        if name is None:
+            if os.path.exists(os.path.join(self.dir, "trainer_state.pt")):
+                raise CheckpointError(f"{self.dir} is a checkpoint of the old layout (HF dir + trainer_state.pt): "
+                                      "resume it with the code that wrote it, or start afresh with --overwrite")
+            return None
+        path = os.path.join(self.dir, name)
+        if not os.path.exists(os.path.join(path, "COMPLETE")):
+            raise CheckpointError(f"{self.dir}/latest names {name}, which is not a complete checkpoint")
+        return path
 
     def load(self, model, optimizer, scheduler):
-        """Load the latest checkpoint into the sharded model and its optimizer; returns its state dict
-        (with "step"), or None when there is nothing to resume."""
-        path = self.latest()
+        """Load the latest state into the sharded model and its optimizer (any world size); returns the
+        trainer's state dict (with "step"), or None when there is nothing to resume."""
+        path = self._main(self.latest)
         if path is None:
             return None
-        from transformers import AutoModelForCausalLM
-        # from_pretrained reads sharded safetensors and re-ties tied weights; then every rank keeps its shard
-        full = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).state_dict()
-        set_model_state_dict(model, full, options=StateDictOptions(full_state_dict=True))
-        state = torch.load(os.path.join(path, "trainer_state.pt"), weights_only=True, map_location="cpu")
-        set_optimizer_state_dict(model, optimizer, state.pop("optimizer"), options=StateDictOptions(full_state_dict=True))
-        scheduler.load_state_dict(state.pop("scheduler"))
-        self.world.say(f"resumed from {path} at step {state['step']}")
-        return state
+        model_sd, optim_sd = get_state_dict(model, optimizer)
+        both = {"model": model_sd, "optimizer": optim_sd}
+        dcp.load(both, checkpoint_id=path)  # each rank reads the pieces of its own shards
+        set_state_dict(model, optimizer, model_state_dict=both["model"], optim_state_dict=both["optimizer"])
+        trainer = torch.load(os.path.join(path, "trainer.pt"), weights_only=True, map_location="cpu")
+        scheduler.load_state_dict(trainer["scheduler"])
+        self.world.say(f"resumed from {path} at step {trainer['state']['step']}")
+        return trainer["state"]
+
+    def export(self, model, tokenizer, step):
+        """OUT/exports/step_N: the weights in HF format (one tensor in memory at a time), config, tokenizer;
+        then OUT/hf points at it. An export that is already complete is not written again."""
+        final = os.path.join(self.exports, f"step_{step:06d}")
+        tmp = final + ".tmp"
+        if not all_finite(model):
+            raise FloatingPointError(f"non-finite weights at step {step}: no export written to {final}")
+        try:
+            if not self._main(lambda: os.path.isdir(final)):  # complete exports are renamed into place
+                self._main(lambda: _start_export(tmp, model, tokenizer))
+                _fault("export_started")
+                err = hfio.write_safetensors(os.path.join(tmp, "model.safetensors"), _entries(model), self.world)
+                self._main(lambda: _raise(err))
+                _fault("export_written")
+                self._main(lambda: _finish_export(tmp, final))
+                _fault("export_renamed")
+            self._main(lambda: _point(os.path.join(self.out_dir, "hf"), os.path.relpath(final, self.out_dir)))
+            _fault("export_linked")
+        except Exception as e:
+            raise CheckpointError(f"HF export to {final} failed ({_reason(e)})") from e
+
+    def _main(self, fn):
+        """fn() on rank 0 (the file work); its value, or its error as a CheckpointError, on every rank: no rank
+        is left waiting at a collective for one that failed."""
+        out = [None, None]
+        if self.world.main:
+            try:
+                out[0] = fn()
+            except Exception as e:
+                out[1] = _reason(e)
+        dist.broadcast_object_list(out, src=0)
+        if out[1] is not None:
+            raise CheckpointError(out[1])
+        return out[0]
+
+
+def _reason(e):
+    """One line: the first failing rank's error for DCP's multi-rank exception, else the error itself."""
+    if isinstance(e, CheckpointException):
+        rank, (e, _) = next(iter(e.failures.items()))
+        return f"rank {rank}: {_reason(e)}"
+    return str(e) if isinstance(e, CheckpointError) else f"{type(e).__name__}: {e}"
+
+
+def _start_export(tmp, model, tokenizer):
+    parent = os.path.dirname(tmp)
+    for entry in os.listdir(parent) if os.path.isdir(parent) else []:
+        if entry.endswith(".tmp"):  # a killed export
+            shutil.rmtree(os.path.join(parent, entry))
+    os.makedirs(tmp)
+    hfio.write_config(tmp, model, tokenizer)
+
+
+def _raise(err):
+    if err is not None:
+        raise err
+
+
+def _finish_export(tmp, final):
+    for entry in os.listdir(tmp):
+        with open(os.path.join(tmp, entry), "rb+") as f:
+            os.fsync(f.fileno())
+    _fsync_dir(tmp)
+    os.rename(tmp, final)
+    _fsync_dir(os.path.dirname(final))
+
+
+def _point(link, target):
+    """Replace the symlink `link` with one to `target`, atomically (and remove what a kill here left)."""
+    parent, name = os.path.split(link)
+    for entry in os.listdir(parent):
+        if entry.startswith(name + ".tmp"):
+            os.remove(os.path.join(parent, entry))
+    os.symlink(target, f"{link}.tmp{os.getpid()}")
+    os.replace(f"{link}.tmp{os.getpid()}", link)
+
+
+def _save_synced(obj, path):
+    with open(path, "wb") as f:
+        torch.save(obj, f)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def all_finite(model) -> bool:
     """True when every local parameter shard is finite (checked on every rank, agreed by all)."""
-    ok = torch.tensor([float(all(bool(torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all())
-                                 for p in model.parameters()))])
-    if dist.get_backend() == "nccl":  # NCCL reduces device tensors only (parameters may be offloaded to CPU)
-        ok = ok.cuda()
+    def finite(t):  # in pieces: isfinite on a whole embedding would allocate a copy of it
+        return all(bool(torch.isfinite(c).all()) for c in hfio.local(t).detach().reshape(-1).split(1 << 22))
+    ok = torch.tensor([float(all(finite(p) for p in model.parameters()))],
+                      device="cuda" if torch.cuda.is_available() else "cpu")  # NCCL reduces CUDA tensors only
     dist.all_reduce(ok, op=dist.ReduceOp.MIN)
     return bool(ok.item())
 
@@ -199,7 +422,7 @@ class _Lock:
             self.fd = None
 
 
-RUN_FILES = ("metrics.jsonl", "config.json", "ckpt", "ckpt.tmp", "ckpt.old")
+RUN_FILES = ("metrics.jsonl", "config.json", "ckpt", "exports", "hf", "ckpt.tmp", "ckpt.old")  # ckpt.*: older layout
 PHASES = ("", "sft", "rl")  # the demo writes OUT/sft and OUT/rl
 
 
@@ -218,12 +441,12 @@ def claim_output_dir(out, world: World, resume=False, overwrite=False):
         except BlockingIOError:
             os.close(fd)
             err = f"{out} is in use by another run (its .lock is held); choose another --out"
-        previous = [os.path.join(out, p, f) for p in PHASES for f in RUN_FILES if os.path.exists(os.path.join(out, p, f))]
+        previous = [os.path.join(out, p, f) for p in PHASES for f in RUN_FILES if os.path.lexists(os.path.join(out, p, f))]
         if not err and previous and not (resume or overwrite):
             err = f"{out} holds a previous run ({previous[0]}): pass --resume to continue it or --overwrite to replace it"
         if not err and overwrite and not resume:
             for path in previous:
-                shutil.rmtree(path) if os.path.isdir(path) else os.remove(path)
+                shutil.rmtree(path) if os.path.isdir(path) and not os.path.islink(path) else os.remove(path)
     errs = [err]
     dist.broadcast_object_list(errs, src=0)
     if errs[0]:

@@ -362,6 +362,9 @@ def main(argv=None):
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (paper's GenRM val: 0.6, top-p 0.95)")
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--max-tokens-in-flight", type=int, default=16384, help="local model: memory cap, rows x (prompt "
+                    "+ new tokens) decoded at once (the KV cache and the prefill grow with it; the default keeps a "
+                    "39M model on the 100 sample critic rows under 2 GB of RAM; raise it on a GPU); 0: all rows at once")
     ap.add_argument("--concurrency", type=int, default=32, help="with an endpoint: requests in flight")
     ap.add_argument("--timeout", type=float, default=60.0, help="with an endpoint: seconds per attempt")
     ap.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
@@ -389,7 +392,7 @@ def main(argv=None):
         tok = AutoTokenizer.from_pretrained(args.model)
         model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
         judge = ModelJudge(model.to(device).eval(), tok, args.max_new_tokens, args.temperature, args.top_p, args.votes,
-                           args.seed, device)
+                           args.seed, device, max_tokens_in_flight=args.max_tokens_in_flight or None)
     m = evaluate_rows(judge, rows)
     print(report(m))
     if remote:  # transport failures, apart from unparseable answers: they are the service's, not the GenRM's

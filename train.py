@@ -27,7 +27,7 @@ import time
 
 import torch
 import torch.distributed as dist
-from transformers import AutoModelForCausalLM, AutoTokenizer
+from transformers import AutoConfig, AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 import data
@@ -175,6 +175,8 @@ def build_parser(suppress=False):
     add("--dump-every", 0, type=int, help="RL steps between rollout dumps (OUT/dumps); evals always dump")
     add("--dump-prompts", 4, type=int, help="prompts per dump (rank 0's first ones), every rollout of each")
     add("--save-every", 50, type=int, help="steps between checkpoints (0: only at the end)")
+    add("--export-every", 0, type=int, help="steps between HF exports (OUT/exports/step_N; OUT/hf is the newest); "
+                                            "0: only at the end of each phase")
     add("--no-progress", False, action="store_true", help="no tqdm bar")
     add("--wandb", "", help="W&B project: mirror metrics.jsonl there (optional: pip install wandb)")
     return ap
@@ -208,7 +210,8 @@ def validate(cfg):
         need(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
     for name in ("eval_every", "save_every", "eval_prompts", "overlong_buffer", "warmup", "sft_warmup", "top_k",
                  "mini_batch_prompts", "micro_batch_tokens", "logprob_batch_tokens", "max_tokens_in_flight",
-                 "context_len", "genrm_context_len", "genrm_retries", "dump_every", "dump_prompts", "overlap_waves"):
+                 "context_len", "genrm_context_len", "genrm_retries", "dump_every", "dump_prompts", "overlap_waves",
+                 "export_every"):
         need(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     need(cfg.tis_cap >= 0, "--tis-cap must be >= 0")
     for name in ("lr", "sft_lr", "grad_clip", "genrm_timeout", "overlong_factor"):
@@ -269,16 +272,19 @@ def derive_seed(*parts):
 # ---- setup: models, data, the judge, the reward ----
 
 def load_model(cfg, world, path=None, seed=None):
-    """The policy (or a copy of it), sharded. Toy: built from a config; else a local HF dir."""
+    """The policy, sharded. Toy: built from a config (0.5M parameters, seeded); else a local HF dir, read
+    shard by shard so that no rank ever holds the whole model (fsdp.load_pretrained)."""
     path = path or cfg.model
-    if path == "toy":
-        model = toy.build_model(cfg.tokenizer, cfg.seed if seed is None else seed)
-    else:  # trust_remote_code stays off: the model's own code is not run
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    if cfg.context_len:  # e.g. Qwen2.5-Math-7B ships 4096; the official scripts override it to 32768
-        model.config.max_position_embeddings = cfg.context_len
-    if cfg.grad_checkpointing:  # transformers 5.24 renamed it; 5.17 has only the old name
-        (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+
+    def configure(model):
+        if cfg.context_len:  # e.g. Qwen2.5-Math-7B ships 4096; the official scripts override it to 32768
+            model.config.max_position_embeddings = cfg.context_len
+        if cfg.grad_checkpointing:  # transformers 5.24 renamed it; 5.17 has only the old name
+            (getattr(model, "activation_checkpointing_enable", None) or model.gradient_checkpointing_enable)()
+    if path != "toy":
+        return fsdp.load_pretrained(path, world, cfg.compute_dtype, offload=cfg.offload, configure=configure)
+    model = toy.build_model(cfg.tokenizer, cfg.seed if seed is None else seed)
+    configure(model)
     return fsdp.shard(model, world, cfg.compute_dtype, offload=cfg.offload)
 
 
@@ -338,12 +344,11 @@ def make_judge(cfg, world, which):
                                   retries=cfg.genrm_retries)
         return lambda: contextlib.nullcontext(service)
     tok = AutoTokenizer.from_pretrained(which)
-    model = AutoModelForCausalLM.from_pretrained(which, dtype=torch.float32)
-    if cfg.genrm_context_len:
-        model.config.max_position_embeddings = cfg.genrm_context_len
+    judge_context = cfg.genrm_context_len or AutoConfig.from_pretrained(which).max_position_embeddings
     template = len(data.encode_prompt(tok, genrm.genrm_prompt("", "", [""]))) + 16  # + slack for the answer
-    check_budgets(cfg, cfg.context, model.config.max_position_embeddings, template)
-    model = fsdp.shard(model, world, cfg.compute_dtype).eval()
+    check_budgets(cfg, cfg.context, judge_context, template)
+    model = fsdp.load_pretrained(which, world, cfg.compute_dtype, configure=lambda m: setattr(
+        m.config, "max_position_embeddings", judge_context)).eval()
     model.requires_grad_(False)  # frozen: FAPO does not train the GenRM it judges with
     judge = genrm.ModelJudge(model, tok, max_new_tokens=cfg.genrm_max_tokens, temperature=cfg.genrm_temperature,
                              top_p=cfg.genrm_top_p, seed=cfg.seed, device=world.device, eos_ids=eos_ids(model, tok),
@@ -598,7 +603,10 @@ def run_sft(run, out_dir):
         m = log.log({"step": step + 1, **m, "lr": scheduler.get_last_lr()[0], "t_train": time.time() - t0})
         bad = check_numerics(m, bad, cfg)
         if (cfg.save_every and (step + 1) % cfg.save_every == 0) or step + 1 == cfg.sft_steps:
-            ckpt.save(run.model, optimizer, scheduler, cfg.tokenizer, {"step": step + 1})
+            ckpt.save(run.model, optimizer, scheduler, {"step": step + 1})
+        if cfg.export_every and (step + 1) % cfg.export_every == 0:
+            ckpt.export(run.model, cfg.tokenizer, step + 1)
+    ckpt.export(run.model, cfg.tokenizer, cfg.sft_steps)  # OUT/hf: the phase's weights (once, also after a resume)
     result = log.find_eval("after_sft") or log.log(run.evaluate("after_sft"))
     log.close()
     return result
@@ -611,11 +619,7 @@ def run_rl(run, out_dir, first=None):
     run.settings = update_settings(cfg)
     run.ref_model = None
     if cfg.kl_coef > 0:  # the reference is the starting policy, frozen (not built when the coefficient is 0)
-        run.ref_model = load_model(cfg, world).eval()
-        with torch.no_grad():  # same config, same sharding: copy the local shards of the current policy
-            for r, q in zip(run.ref_model.parameters(), run.model.parameters()):
-                r.copy_(q)
-        run.ref_model.requires_grad_(False)
+        run.ref_model = fsdp.frozen_copy(run.model, world, cfg.compute_dtype, cfg.offload)  # before resume()
     ckpt, start = resume(run, run.optimizer, run.scheduler, out_dir)
     log = Logger(out_dir, world, cfg.steps, start, "rl", cfg)
     first = log.find_eval("start") or first or log.log(run.evaluate("start"))
@@ -629,7 +633,10 @@ def run_rl(run, out_dir, first=None):
         if done or (cfg.eval_every and (step + 1) % cfg.eval_every == 0):
             last = log.log({**run.evaluate(f"step{step + 1}"), "step": step + 1})
         if done or (cfg.save_every and (step + 1) % cfg.save_every == 0):
-            ckpt.save(run.model, run.optimizer, run.scheduler, cfg.tokenizer, {"step": step + 1})
+            ckpt.save(run.model, run.optimizer, run.scheduler, {"step": step + 1})
+        if cfg.export_every and (step + 1) % cfg.export_every == 0:
+            ckpt.export(run.model, cfg.tokenizer, step + 1)
+    ckpt.export(run.model, cfg.tokenizer, cfg.steps)  # OUT/hf: the phase's weights (once, also after a resume)
     log.close()
     return first, last
 
@@ -646,7 +653,7 @@ def check_numerics(m, bad, cfg):
     bad = bad + 1 if m.get("skipped_updates") else 0
     if bad >= cfg.max_bad_steps:
         raise FloatingPointError(f"{bad} consecutive steps with a non-finite loss or gradient (last: step "
-                                 f"{m['step']}); stopping. The last checkpoint holds the last good weights.")
+                                 f"{m.get('step', '?')}); stopping. The last checkpoint holds the last good weights.")
     return bad
 
 

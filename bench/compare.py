@@ -12,7 +12,7 @@ and one plot per regime, and the paper's claims are checked and printed PASS / F
 
     python bench/compare.py                       # full: both regimes, lambdas 0 0.5 1 1.5, 3 seeds
     python bench/compare.py --quick               # a smoke run: lambdas 0 1, 1 seed, 20 steps, short SFT
-    python bench/compare.py --genrm out/genrm/rl/ckpt --report bench   # + a learned-GenRM arm; README files
+    python bench/compare.py --genrm out/genrm/rl/hf --report bench   # + a learned-GenRM arm; README files
 
 The learned GenRM (`torchrun train.py --task genrm`) is trained on critique rows with both flaw kinds, the
 kinds both regimes use, so the same one serves both. Writes REPORT/compare_REGIME.md and .png (the plot
@@ -124,7 +124,7 @@ for regime in args.regimes:
             out = arm_dir(regime, name, seed)
             if not finished(out, args.steps):
                 shutil.rmtree(out, ignore_errors=True)  # a killed arm restarts clean
-                jobs.append((common + ["--model", os.path.join(sft_dir[regime], "ckpt"), "--toy-regime", regime,
+                jobs.append((common + ["--model", os.path.join(sft_dir[regime], "hf"), "--toy-regime", regime,
                                        "--fapo-lambda", str(lam), "--genrm", judge, "--seed", str(seed), "--out", out],
                              out + ".log", sft_job.get(regime)))
 print(f"{n_sft} SFT cold starts ({', '.join(f'{r}: {sft_steps[r]} steps' for r in args.regimes)}), then "

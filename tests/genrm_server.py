@@ -6,7 +6,7 @@ read back with genrm.parse_genrm_prompt, then toy.critique) or with a toy GenRM 
 
     with GenRMServer() as server:                    # the checker; port 0 = a free port
         judge = genrm_http.HTTPJudge(server.url, "toy", max_tokens=96)
-    with GenRMServer(model_dir="out/genrm/rl/ckpt"):  # a learned toy GenRM
+    with GenRMServer(model_dir="out/genrm/rl/hf"):  # a learned toy GenRM
 
 It can be told to misbehave (attributes, changeable while it runs): slow = S seconds of sleep before
 each answer; and for the first K requests (K < 0: every request), in this order of precedence:
