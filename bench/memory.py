@@ -159,8 +159,10 @@ def main():
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker:
-        return worker(args)
+    if args.worker:  # then skip the interpreter's teardown, as train.py does under torchrun (it can abort)
+        worker(args)
+        sys.stdout.flush()
+        os._exit(0)
     with tempfile.TemporaryDirectory(prefix="fapo-memory-") as tmp:
         model = args.model
         if not model:
