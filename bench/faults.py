@@ -76,6 +76,17 @@ def kill_tree(pid):
             pass
 
 
+def progress(out):
+    """Where a killed run stood: its newest complete checkpoint ("none", "sft N" or "rl N")."""
+    for phase in ("rl", "sft"):
+        try:
+            with open(os.path.join(out, phase, "ckpt", "latest")) as f:
+                return f"{phase} {int(f.read().strip().split('_')[1])}"
+        except (OSError, ValueError, IndexError):
+            continue
+    return "none"
+
+
 def final(out):
     """The RL phase's exported weights (raw bytes per tensor) and its logged steps."""
     from safetensors import safe_open
@@ -107,6 +118,7 @@ def main():
         want, want_steps = final(os.path.join(work, "reference"))
         print(f"uninterrupted: {duration:.1f} s, RL steps {want_steps}", flush=True)
         kills = resumes = identical = 0
+        landed = []  # the newest complete checkpoint at each kill: where in the run the kills fell
         for i in range(args.n):
             out = os.path.join(work, f"run{i:03d}")
             killed, n_kills, n_resumes, resume = True, 0, 0, False
@@ -118,6 +130,8 @@ def main():
                     shutil.rmtree(out)
                     killed = True
                     continue
+                if killed:
+                    landed.append(progress(out))
                 n_kills += killed
                 n_resumes += resume
                 resume = True
@@ -128,6 +142,8 @@ def main():
                   f"{'bit-identical' if ok else 'DIFFERENT'}, RL steps logged {steps}", flush=True)
         print(f"\n{args.nproc} process(es): {args.n} runs, {kills} kills, {resumes} resumes, "
               f"{identical}/{args.n} bit-identical finals")
+        print("newest complete checkpoint at each kill: " + ", ".join(
+            f"{k} x{landed.count(k)}" for k in sorted(set(landed), key=lambda k: (k != "none", k[:3] == "rl ", k))))
         sys.exit(0 if identical == args.n else 1)
 
 
