@@ -280,7 +280,10 @@ def response_logprobs(model, batch, R, temperature, want_entropy=False):
                    logits_to_keep=R + 1).logits                   # (B, R+1, V)
     # targets carry one dummy column so no slice of the logits is copied; its output is dropped
     logp = token_logprobs(logits, batch["targets"], temperature)[:, :R]  # (B, R)
-    ent = token_entropy(logits, temperature)[:, :R] if want_entropy else None
+    ent = None
+    if want_entropy:  # logged, never trained on: no autograd graph for it
+        with torch.no_grad():
+            ent = token_entropy(logits.detach(), temperature)[:, :R]
     return logp, ent
 
 

@@ -5,10 +5,11 @@ weights with an uninterrupted run's, bit for bit.
     python bench/faults.py --nproc 2 --n 20      # torchrun and both workers are killed at once, like a lost node
 
 The run is a tiny demo (SFT cold start, then RL; a checkpoint every step, an HF export every 2): a kill
-lands in start-up, training, sampling, a save or an export. Kill times are drawn (seeded) uniformly over
-the uninterrupted run's duration; a first launch that finishes before its kill is drawn again (every
-run is killed at least once); each resumed launch is killed again with probability --p-again (at most
---max-kills per run). Prints one line per run, then kills, resumes and bit-identical finals.
+lands in training, sampling, evaluation, a save or an export. Kill times are drawn (seeded) uniformly over
+the uninterrupted run's time after its set-up (imports and rendezvous, where a kill can touch no file);
+a first launch that finishes before its kill is drawn again (every run is killed at least once); each
+resumed launch is killed again with probability --p-again (at most --max-kills per run). Prints one line
+per run, then kills, resumes, bit-identical finals, and the newest complete checkpoint at each kill.
 """
 import argparse
 import json
@@ -28,29 +29,32 @@ RUN = ["--sft-steps", "6", "--sft-batch", "16", "--steps", "4", "--prompts-per-s
 
 
 def launch(out, nproc, resume, kill_after=None):
-    """Run the toy config into `out`; SIGKILL it and every process under it after kill_after seconds.
-    Returns (killed, returncode, seconds)."""
+    """Run the toy config into `out`; SIGKILL it and every process under it kill_after seconds after its
+    set-up is done (rank 0 prints "config:" once the output directory is claimed: from then on a kill can
+    hit the files). Returns (killed, returncode, seconds from the end of set-up to the exit)."""
     if nproc == 1:
         cmd = [sys.executable, "train.py"]
     else:
         cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port",
                str(29500 + random.randrange(3000)), "train.py"]
     cmd += RUN + ["--out", out] + (["--resume"] if resume else [])
-    t0 = time.time()
     log = out + ".log"
     os.makedirs(os.path.dirname(out), exist_ok=True)
     with open(log, "w") as f:  # a file, not a pipe: nothing waits on a process that outlives its launcher
         proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=f, stderr=f)
+    while proc.poll() is None and "config:" not in open(log).read():  # start-up: imports, rendezvous
+        time.sleep(0.02)
+    t_setup = time.time()
     try:
         proc.wait(timeout=kill_after)
     except subprocess.TimeoutExpired:
         kill_tree(proc.pid)  # torchrun starts its workers in sessions of their own: kill each process
         proc.wait()
-        return True, -9, time.time() - t0
+        return True, -9, time.time() - t_setup
     if proc.returncode != 0:
         with open(log) as f:
             raise SystemExit(f"{out}: the run failed (exit {proc.returncode}); see {log}\n{f.read()[-3000:]}")
-    return False, 0, time.time() - t0
+    return False, 0, time.time() - t_setup
 
 
 def kill_tree(pid):
@@ -116,7 +120,7 @@ def main():
         work = args.out or tmp
         _, _, duration = launch(os.path.join(work, "reference"), args.nproc, resume=False)
         want, want_steps = final(os.path.join(work, "reference"))
-        print(f"uninterrupted: {duration:.1f} s, RL steps {want_steps}", flush=True)
+        print(f"uninterrupted: {duration:.1f} s after set-up, RL steps {want_steps}", flush=True)
         kills = resumes = identical = 0
         landed = []  # the newest complete checkpoint at each kill: where in the run the kills fell
         for i in range(args.n):
