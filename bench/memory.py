@@ -10,6 +10,9 @@ memory the phase adds. GPU: torch.cuda.max_memory_allocated, reset per phase, th
 The update is one policy_update on synthetic samples (--rows per rank of --prompt-len + --response-len tokens,
 --micro-batch-tokens per forward/backward) with AdamW: it includes creating the Adam state (2x the local
 shards), which later steps reuse. Runs against any revision with train.load_model and fsdp.Checkpointer.
+On CPU, run it with MALLOC_MMAP_THRESHOLD_=1048576 when comparing several micro-batches: glibc's dynamic
+mmap threshold lets freed activation blocks fragment the heap (3 x 2k-token micro-batches: 8.07 GiB per
+rank without it, 6.18 with it; README "Memory").
 """
 import argparse
 import inspect
