@@ -363,8 +363,9 @@ def main(argv=None):
     ap.add_argument("--top-p", type=float, default=1.0)
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     ap.add_argument("--max-tokens-in-flight", type=int, default=16384, help="local model: memory cap, rows x (prompt "
-                    "+ new tokens) decoded at once (the KV cache and the prefill grow with it; the default keeps a "
-                    "39M model on the 100 sample critic rows under 2 GB of RAM; raise it on a GPU); 0: all rows at once")
+                    "+ new tokens) decoded at once (the KV cache and the prefill grow with it; the default kept a 41M "
+                    "model on the 100 sample critic rows at 1.04 GiB, uncapped 9.5 GiB at 64 new tokens; raise it on a GPU); "
+                    "0: all rows at once")
     ap.add_argument("--concurrency", type=int, default=32, help="with an endpoint: requests in flight")
     ap.add_argument("--timeout", type=float, default=60.0, help="with an endpoint: seconds per attempt")
     ap.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
