@@ -519,7 +519,7 @@ def rollout_shape(scores, lengths, group):
     flawed (correct but flagged) rollouts."""
     n = len(scores.rewards) // group
     zero_var = sum(len(set(scores.rewards[g * group:(g + 1) * group])) == 1 for g in range(n))
-    flawed = [c and e not in (None, -1) for c, e in zip(scores.correct, scores.first_error)]
+    flawed = [bool(c and f) for c, f in zip(scores.correct, scores.flagged)]
     kinds = {"correct": scores.correct, "wrong": [not c for c in scores.correct], "flawed": flawed}
     out = {"zero_var": float(zero_var), "groups": float(n)}
     for kind, mask in kinds.items():
