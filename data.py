@@ -9,6 +9,9 @@ Everything the rest of the project knows about data lives here, with no model in
     verify(response, ground_truth)  the paper's rule verifier (R_rule in {+1, -1}): +1 iff the normalised answers match
     split_steps(text)               a solution as a list of paragraphs (the GenRM's "steps")
     encode_prompt / encode_rows     prompt token ids through the chat template; over-long rows dropped
+    critic_prompt / parse_critic_prompt   the GenRM's user message (FAPO-Critic's format) and its inverse
+    check_critic_rows / load_critic_rows  critique rows (ours or the official eval format) normalised, checked
+    Task, FileTask                  what a run trains on: rows, SFT targets, an exact checker (toy.ToyTask too)
 
 Use: `rows = load_rows("train.parquet"); ok, pred = verify(response_text, rows[0].ground_truth)`.
 Plain problem/answer rows -> verl rows with the official prompt, answers canonicalised (27.0 -> 27):
@@ -360,6 +363,119 @@ def canonical_answer(answer) -> str:
 def split_steps(text: str) -> list[str]:
     """Paragraphs split at blank lines (lines of only whitespace), stripped, empties dropped."""
     return [p.strip() for p in re.split(r"\n[ \t\r\f\v]*\n", text) if p.strip()]
+
+
+# ---- the GenRM's prompt (FAPO-Critic's user message) ----
+# The text formats every model sees live in this file: the policy's prompt (encode_prompt), and the GenRM's,
+# built from a problem, its ground truth and a solution's steps. genrm.py reads the verdict it produces.
+
+CRITIC_HEAD = ("The following is a math problem with its ground truth answer, along with an AI solution "
+               "(split into paragraphs, enclosed with tags and indexed from 0):")
+CRITIC_TASK = ("Your task is to review and critique the solution paragraph by paragraph. Once you identify an "
+               "error in a paragraph, return the index of the paragraph where the earliest error occurs. "
+               "Otherwise, return the index of -1 (which typically denotes 'not found').\n\n"
+               "Please reason step by step, put your final answer (i.e., the index) in \\boxed{}.")
+PROMPT_PHRASES = (CRITIC_HEAD, CRITIC_TASK, "[Math Problem]", "[Ground Truth]", "[AI Solution]")  # its fixed text
+
+
+def critic_prompt(problem: str, ground_truth, steps: list[str]) -> str:
+    """The user message of FAPO-Critic (identical to the 100 shared training rows): the solution's steps
+    tagged <paragraph_i>. (The official policy-time judge sends the response untagged: a departure, see
+    docs/departures.md.)"""
+    paragraphs = "\n\n".join(f"<paragraph_{i}>\n{s}\n</paragraph_{i}>" for i, s in enumerate(steps))
+    return (f"{CRITIC_HEAD}\n\n[Math Problem]\n\n{problem}\n\n[Ground Truth]\n\n{ground_truth}\n\n"
+            f"[AI Solution]\n\n{paragraphs}\n\n{CRITIC_TASK}")
+
+
+def parse_critic_prompt(text: str) -> tuple[str, str, list[str]]:
+    """Inverse of critic_prompt: (problem, ground_truth, steps); ValueError if it is not one."""
+    m = re.fullmatch(re.escape(CRITIC_HEAD) + r"\n\n\[Math Problem\]\n\n(.*?)\n\n\[Ground Truth\]\n\n(.*?)"
+                     r"\n\n\[AI Solution\]\n\n(.*)\n\n" + re.escape(CRITIC_TASK), text, re.S)
+    if not m:
+        raise ValueError("not a GenRM prompt")
+    steps = re.findall(r"<paragraph_(\d+)>\n(.*?)\n</paragraph_\1>", m.group(3), re.S)
+    return m.group(1), m.group(2), [s for _, s in steps]
+
+
+_INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take "٣"
+
+
+def check_critic_rows(rows: list[Row], path: str) -> None:
+    """Normalise and check critic rows in place (training and evaluation run the same checks).
+
+    The label is the first wrong step in -1..n-1 with n = extra_info.total_steps. Official eval rows keep
+    label and final-answer flag in extra_info.raw_info (those win, as in the official script); a
+    strict-integer string label ("-1") becomes an int; a missing total_steps is counted from the prompt's
+    <paragraph_i> tags when the prompt is a GenRM prompt; final_answer_correct, if present, must be a bool.
+    """
+    for i, r in enumerate(rows, 1):
+        raw = r.extra_info.get("raw_info")
+        if isinstance(raw, dict):
+            if raw.get("label") is not None:
+                r.ground_truth = raw["label"]
+            if "final_answer_correct" in raw:
+                r.extra_info["final_answer_correct"] = raw["final_answer_correct"]
+        if isinstance(r.ground_truth, str) and _INT.fullmatch(r.ground_truth.strip()):
+            r.ground_truth = int(r.ground_truth.strip())
+        if r.extra_info.get("total_steps") is None:
+            try:
+                last = "".join(m["content"] for m in as_messages(r.prompt)[-1:])
+                r.extra_info["total_steps"] = len(parse_critic_prompt(last)[2]) or None
+            except ValueError:
+                pass
+        n = r.extra_info.get("total_steps")
+        if not isinstance(n, int):
+            raise _bad(path, i, "extra_info.total_steps", "missing (a critic row needs it)")
+        if isinstance(r.ground_truth, bool) or not isinstance(r.ground_truth, int) or not -1 <= r.ground_truth < n:
+            raise _bad(path, i, "reward_model.ground_truth",
+                       f"expected the first wrong step in -1..{n - 1}, got {r.ground_truth!r}")
+        if not isinstance(r.extra_info.get("final_answer_correct", False), bool):
+            raise _bad(path, i, "extra_info.final_answer_correct",
+                       f"expected a bool, got {r.extra_info['final_answer_correct']!r}")
+
+
+def load_critic_rows(path) -> list[Row]:
+    """Critique rows (ours or the official eval format) loaded and checked as training checks them."""
+    rows = load_rows(path)
+    check_critic_rows(rows, os.fspath(path))
+    return rows
+
+
+# ---- tasks: what a run trains on ----
+
+
+class Task:
+    """What train.py asks of a task: its rows, the cold start's targets, and an exact checker if it has one.
+
+    kind: "policy" (problems to solve: --task rl / sft) or "critic" (critique rows: --task genrm).
+    A task of your own is a subclass (toy.ToyTask is the built-in one); train.py has no other branch on it.
+    """
+    checker = None  # fn(problem, ground_truth, steps) -> (first wrong step or -1, critique text), or None
+
+    def rows(self) -> tuple[list[Row], list[Row]]:
+        """(train rows, test rows), unencoded; test may be empty."""
+        raise NotImplementedError
+
+    def sft_example(self, rng: random.Random) -> tuple[list | str, str]:
+        """(prompt, target response) for one SFT sequence."""
+        raise NotImplementedError
+
+
+class FileTask(Task):
+    """Rows from files (verl's schema). SFT targets are extra_info.response, checked when SFT needs them."""
+
+    def __init__(self, kind: str, train: str, test: str | None = None, eval_prompts: int = 0, sft: bool = False):
+        self.kind, self.train, self.test, self.eval_prompts = kind, train, test, eval_prompts
+        self.sft_rows = load_sft_rows(train) if sft else None  # bad rows fail here, before anything is written
+
+    def rows(self):
+        load = load_critic_rows if self.kind == "critic" else load_rows
+        test = load(self.test)[: self.eval_prompts or None] if self.test else []
+        return load(self.train), test
+
+    def sft_example(self, rng):
+        row = self.sft_rows[rng.randrange(len(self.sft_rows))]
+        return row.prompt, row.extra_info["response"]
 
 
 # ---- data preparation: python data.py prepare IN.jsonl OUT.parquet --source NAME ----

@@ -13,6 +13,7 @@ self-scheduling. lambda = 0 is the RLVR baseline.
     fapo_reward(correct, flawed, lam)           one rollout
     overlong_penalty(length, max_len, ...)      DAPO's soft length penalty (<= 0)
     rollout_reward(correct, first_error, ...)   the one place a verdict becomes a reward (fork here)
+    request_verdicts(...)                       the one place that decides who is judged: the correct rollouts
     score_rollouts(...)                         a batch: verify all, judge the correct ones, count
     rollout_metrics, pass_at_k                  rates for logging and evaluation
 """
@@ -20,7 +21,7 @@ import math
 from dataclasses import dataclass, field
 
 from data import split_steps, verify
-from genrm import as_verdict
+from genrm import Judge, Pending, as_judge
 
 # ---- per-rollout rewards ----
 
@@ -67,41 +68,67 @@ class Scores:
         return [None if e is None else e != -1 for e in self.first_error]
 
 
+@dataclass
+class Judging:
+    """A batch's correct rollouts sent to the judge: their rule verdicts, who was sent, their steps, and the
+    verdicts on their way (None without a judge). Parts made wave by wave are joined with `+`."""
+    correct: list
+    judged: list   # indices of the rollouts asked about
+    steps: list    # the steps each of them was shown as
+    pending: list  # [Pending], one per part
+
+    def __add__(self, other):
+        shift = len(self.correct)
+        return Judging(self.correct + other.correct, self.judged + [i + shift for i in other.judged],
+                       self.steps + other.steps, self.pending + other.pending)
+
+    def verdicts(self):
+        return [v for p in self.pending for v in p.result()]
+
+
+def request_verdicts(responses, ground_truths, problems, judge: Judge | None) -> Judging:
+    """Verify every rollout and ask the judge about the correct ones only (a wrong answer's reward is -1
+    whatever its steps). Returns at once when the judge works in the background (a served GenRM)."""
+    correct = [verify(r, gt)[0] for r, gt in zip(responses, ground_truths)]
+    judged = [i for i in range(len(responses)) if correct[i]] if judge is not None else []
+    steps = [split_steps(responses[i]) for i in judged]
+    pending = [judge.submit([problems[i] for i in judged], [ground_truths[i] for i in judged], steps)] if judged else []
+    return Judging(correct, judged, steps, pending)
+
+
 def score_rollouts(responses, ground_truths, problems, genrm=None, lam=1.0,
-                   lengths=None, max_len=None, overlong_buffer=0, overlong_factor=1.0) -> Scores:
+                   lengths=None, max_len=None, overlong_buffer=0, overlong_factor=1.0, judging=None) -> Scores:
     """Verify every rollout; ask the GenRM only about the correct ones; build the rewards.
 
     responses, ground_truths, problems: one per rollout (text). genrm: None (the baseline: nobody is
-    flagged) or a judge (genrm.py): judge(problems, ground_truths, step_lists) -> [Verdict] (plain
-    ints are taken as indices). lengths (tokens) and max_len switch on DAPO's overlong penalty when
-    overlong_buffer > 0. A verdict without an index is never a flag: it is counted as unparseable
-    (the GenRM answered nonsense) or judge_failed (no answer: too long, service down).
+    flagged) or a judge (genrm.Judge, or a plain fn(problems, ground_truths, step_lists) -> [Verdict | int]).
+    judging: verdicts already requested (request_verdicts, wave by wave while decoding); else asked here.
+    lengths (tokens) and max_len switch on DAPO's overlong penalty when overlong_buffer > 0. A verdict
+    without an index is never a flag: it is counted as unparseable (the GenRM answered nonsense) or
+    judge_failed (no answer: too long, service down).
     """
     n = len(responses)
     if not (len(ground_truths) == len(problems) == n):
         raise ValueError("responses, ground_truths and problems must have the same length")
-    correct = [verify(r, gt)[0] for r, gt in zip(responses, ground_truths)]
+    judge = as_judge(genrm)
+    judging = judging or request_verdicts(responses, ground_truths, problems, judge)
+    correct, verdicts = judging.correct, judging.verdicts()
+    if len(verdicts) != len(judging.judged):
+        raise ValueError(f"GenRM returned {len(verdicts)} verdicts for {len(judging.judged)} rollouts")
     first_error, critiques, n_steps = [None] * n, [""] * n, [0] * n
-    judged = [i for i in range(n) if correct[i]] if genrm is not None else []
-    counts = {"n": n, "correct": sum(correct), "judged": len(judged), "unparseable": 0, "judge_failed": 0}
-    if judged:
-        steps = [split_steps(responses[i]) for i in judged]
-        verdicts = genrm([problems[i] for i in judged], [ground_truths[i] for i in judged], steps)
-        if len(verdicts) != len(judged):
-            raise ValueError(f"GenRM returned {len(verdicts)} verdicts for {len(judged)} rollouts")
-        for i, s, v in zip(judged, steps, verdicts):
-            v = as_verdict(v)
-            first_error[i], critiques[i], n_steps[i] = v.index, v.text, len(s)
-            if v.index is None:
-                counts["judge_failed" if v.error else "unparseable"] += 1
+    counts = {"n": n, "correct": sum(correct), "judged": len(judging.judged), "unparseable": 0, "judge_failed": 0}
+    for i, s, v in zip(judging.judged, judging.steps, verdicts):
+        first_error[i], critiques[i], n_steps[i] = v.index, v.text, len(s)
+        if v.index is None:
+            counts["judge_failed" if v.error else "unparseable"] += 1
     rewards = [rollout_reward(c, e, k, lam) for c, e, k in zip(correct, first_error, n_steps)]
     if overlong_buffer > 0:
         if lengths is None or max_len is None:
             raise ValueError("the overlong penalty needs lengths and max_len")
         rewards = [r + overlong_penalty(L, max_len, overlong_buffer, overlong_factor) for r, L in zip(rewards, lengths)]
     counts["flagged"] = sum(e not in (None, -1) for e in first_error)
-    if hasattr(genrm, "take_counts"):  # an audited judge (toy.AuditedJudge) adds its comparison with the oracle
-        counts.update(genrm.take_counts())
+    if judge is not None:
+        counts.update(judge.take_counts())  # an audited judge adds its comparison with the checker
     return Scores(rewards, correct, first_error, counts, critiques)
 
 

@@ -1,8 +1,9 @@
-"""genrm.py -- the generative reward model (GenRM): its prompt, its verdict, its reward, its metrics.
+"""genrm.py -- the generative reward model (GenRM): its verdict, its reward, its metrics, and the judges.
 
-The GenRM reads a problem, the ground-truth answer and a solution split into tagged paragraphs, reasons,
-and puts the index of the first wrong paragraph (or -1 for "no error") in \\boxed{}. FAPO uses it to
-flag flawed positives; it is itself trained with GRPO on the stepwise reward (paper, FAPO-Critic):
+The GenRM reads a problem, the ground-truth answer and a solution split into tagged paragraphs
+(data.critic_prompt), reasons, and puts the index of the first wrong paragraph (or -1 for "no error") in
+\\boxed{}. FAPO uses it to flag flawed positives; it is itself trained with GRPO on the stepwise reward
+(paper, FAPO-Critic):
 
     R(t, t*) = -1                      if t is unparseable, or the flawed/clean verdict is wrong
              = +1                      if t = t* = -1                        (clean, said clean)
@@ -10,67 +11,34 @@ flag flawed positives; it is itself trained with GRPO on the stepwise reward (pa
 
 i.e. outcome +1/-1 plus process -|t - t*|/n when both say flawed.
 
-    genrm_prompt(problem, ground_truth, steps)  the paper's user message, byte for byte
     parse_index(text, n_steps)                  strict: -1 or 0..n-1 from the last \\boxed{}, else None
-    genrm_reward(pred, target, n_steps)         the reward above
+    genrm_reward(pred, target, n_steps)         the reward above; critic_rewards: a batch of GenRM rollouts
     critic_metrics(preds, labels, ...)          ProcessBench and FlawedPositiveBench numbers
-    critic_rewards                              a batch of GenRM rollouts scored
-    check_critic_rows / load_critic_rows        critic rows (ours or the official eval format) normalised, checked
-    pb_subset, report                           ProcessBench subset of a data_source; metrics labelled officially
-    Verdict, ModelJudge                         a judge's answer; a transformers GenRM as FAPO's judge
-    (genrm_http.HTTPJudge                       a GenRM served by vLLM / SGLang: the client lives in genrm_http.py)
+    Verdict, Pending, Judge                     a judge's answer; verdicts on their way; the one judge interface
+    ModelJudge, ServedJudge, CheckerJudge, AuditedJudge   in-process model, HTTP endpoint, exact checker, audit
+    FunctionJudge, as_judge                     a plain function as a judge
+    make_judge(spec, ...)                       'none' | 'oracle' | a model dir | http://HOST:PORT/v1 -> a Judge
+    evaluate_rows, report                       a judge over critique rows, labelled as the official script
 
 Evaluate a GenRM on critique rows (FAPO-Critic / ProcessBench rows, ours or the official eval format with
-extra_info.raw_info.{label, final_answer_correct}; or 512 toy rows). It prints the pooled "F1 (PB)", each
-subset's f1 (data_source suffix gsm8k / math / olympiadbench / omnimath) and their "avg f1":
+extra_info.raw_info.{label, final_answer_correct}; or 512 toy rows):
 
     python genrm.py --model DIR --data rows.jsonl [--votes 4 --temperature 0.6 --top-p 0.95]
     python genrm.py --model oracle --data toy      # the toy checker (toy.py): every metric 1.0
     python genrm.py --model http://127.0.0.1:8000/v1 --genrm-model NAME --data rows.jsonl   # a served GenRM
 """
+import contextlib
 import json
 import re
 from dataclasses import dataclass
 
 import torch
 
-from data import Row, as_messages, encode_prompt, last_boxed, load_rows
+from data import Row, as_messages, check_critic_rows, critic_prompt, encode_prompt, last_boxed, load_critic_rows
+from data import parse_critic_prompt
+from infra import fsdp
+from infra.genrm_client import ChatClient
 from sampler import generate
-
-# ---- prompt ----
-
-_HEAD = ("The following is a math problem with its ground truth answer, along with an AI solution "
-         "(split into paragraphs, enclosed with tags and indexed from 0):")
-_TASK = ("Your task is to review and critique the solution paragraph by paragraph. Once you identify an "
-         "error in a paragraph, return the index of the paragraph where the earliest error occurs. "
-         "Otherwise, return the index of -1 (which typically denotes 'not found').\n\n"
-         "Please reason step by step, put your final answer (i.e., the index) in \\boxed{}.")
-
-
-# the prompt's fixed sentences (the toy tokenizer makes each one token)
-PROMPT_PHRASES = (_HEAD, _TASK, "[Math Problem]", "[Ground Truth]", "[AI Solution]")
-
-
-def genrm_prompt(problem: str, ground_truth, steps: list[str]) -> str:
-    """The user message of FAPO-Critic (identical to the 100 shared training rows).
-
-    The official code sends policy rollouts to its GenRM untagged; we tag them the same way as the
-    training data so the GenRM is asked in the format it was trained on.
-    """
-    paragraphs = "\n\n".join(f"<paragraph_{i}>\n{s}\n</paragraph_{i}>" for i, s in enumerate(steps))
-    return (f"{_HEAD}\n\n[Math Problem]\n\n{problem}\n\n[Ground Truth]\n\n{ground_truth}\n\n"
-            f"[AI Solution]\n\n{paragraphs}\n\n{_TASK}")
-
-
-def parse_genrm_prompt(text: str) -> tuple[str, str, list[str]]:
-    """Inverse of genrm_prompt: (problem, ground_truth, steps); ValueError if it is not one."""
-    m = re.fullmatch(re.escape(_HEAD) + r"\n\n\[Math Problem\]\n\n(.*?)\n\n\[Ground Truth\]\n\n(.*?)"
-                     r"\n\n\[AI Solution\]\n\n(.*)\n\n" + re.escape(_TASK), text, re.S)
-    if not m:
-        raise ValueError("not a GenRM prompt")
-    steps = re.findall(r"<paragraph_(\d+)>\n(.*?)\n</paragraph_\1>", m.group(3), re.S)
-    return m.group(1), m.group(2), [s for _, s in steps]
-
 
 # ---- verdict ----
 
@@ -115,53 +83,12 @@ def genrm_reward(pred: int | None, target: int, n_steps: int) -> float:
     return outcome + process
 
 
-def check_critic_rows(rows: list[Row], path: str) -> None:
-    """Normalise and check critic rows in place (training and evaluation run the same checks).
-
-    The label is the first wrong step in -1..n-1 with n = extra_info.total_steps. Official eval rows keep
-    label and final-answer flag in extra_info.raw_info (those win, as in the official script); a
-    strict-integer string label ("-1") becomes an int; a missing total_steps is counted from the prompt's
-    <paragraph_i> tags when the prompt is a GenRM prompt; final_answer_correct, if present, must be a bool.
-    """
-    for i, r in enumerate(rows, 1):
-        raw = r.extra_info.get("raw_info")
-        if isinstance(raw, dict):
-            if raw.get("label") is not None:
-                r.ground_truth = raw["label"]
-            if "final_answer_correct" in raw:
-                r.extra_info["final_answer_correct"] = raw["final_answer_correct"]
-        if isinstance(r.ground_truth, str) and _INT.fullmatch(r.ground_truth.strip()):
-            r.ground_truth = int(r.ground_truth.strip())
-        if r.extra_info.get("total_steps") is None:
-            try:
-                last = "".join(m["content"] for m in as_messages(r.prompt)[-1:])
-                r.extra_info["total_steps"] = len(parse_genrm_prompt(last)[2]) or None
-            except ValueError:
-                pass
-        n = r.extra_info.get("total_steps")
-        if not isinstance(n, int):
-            raise ValueError(f"{path}: row {i}: field 'extra_info.total_steps': missing (a critic row needs it)")
-        if isinstance(r.ground_truth, bool) or not isinstance(r.ground_truth, int) or not -1 <= r.ground_truth < n:
-            raise ValueError(f"{path}: row {i}: field 'reward_model.ground_truth': expected the first wrong step "
-                             f"in -1..{n - 1}, got {r.ground_truth!r}")
-        if not isinstance(r.extra_info.get("final_answer_correct", False), bool):
-            raise ValueError(f"{path}: row {i}: field 'extra_info.final_answer_correct': expected a bool, "
-                             f"got {r.extra_info['final_answer_correct']!r}")
-
-
-def load_critic_rows(path) -> list[Row]:
-    """Critique rows (ours or the official eval format) loaded and checked as training checks them."""
-    rows = load_rows(path)
-    check_critic_rows(rows, str(path))
-    return rows
-
-
 def critic_rewards(rows: list[Row], texts: list[str]) -> tuple[list, dict, list]:
     """GenRM rollouts scored against their rows (label = ground_truth, n = extra_info.total_steps):
     the rewards, sums for logging (outcome, process, verdicts right, parse failures, |t - t*|), and
     the parsed verdicts."""
     preds, rewards, sums = [], [], {"n": len(rows), "outcome": 0.0, "process": 0.0, "verdict_right": 0, "parse_fail": 0,
-                         "loc_err": 0.0, "both_flawed": 0}
+                                    "loc_err": 0.0, "both_flawed": 0}
     for r, t in zip(rows, texts):
         n = r.extra_info["total_steps"]
         pred = parse_index(t, n)
@@ -252,59 +179,116 @@ def majority_vote(indices: list) -> int | None:
     return min(set(valid), key=lambda i: (-valid.count(i), i))
 
 
-# ---- running a GenRM model (FAPO's judge, and the evaluation command) ----
+# ---- judges: one interface, four kinds ----
 
 
 @dataclass
 class Verdict:
     """What a judge says about one solution."""
     index: int | None        # first wrong step, -1 for clean; None: no usable verdict (never a flag)
-    text: str = ""           # the critique the GenRM wrote ("" for the exact toy checker)
+    text: str = ""           # the critique the GenRM wrote (the checker's own for an exact checker)
     error: str | None = None  # why no verdict was obtained at all (prompt too long, service down, ...)
 
 
 def as_verdict(v) -> Verdict:
-    """A judge may answer with bare indices (int | None): a forker's lambda is a judge too."""
+    """A forker's plain function may answer with bare indices (int | None): a Verdict either way."""
     return v if isinstance(v, Verdict) else Verdict(v)
 
 
-# A judge is any object with
-#     judge(problems, ground_truths, step_lists) -> [Verdict]   (FAPO: rollouts, split into steps)
-#     judge.judge_prompts(prompts, n_steps) -> [Verdict]        (evaluation: ready-made critique rows)
-# ModelJudge below runs a transformers model in-process; toy.OracleJudge is the toy task's exact checker.
+class Pending:
+    """Verdicts on their way: result() waits for them (once) and returns [Verdict] in request order."""
+
+    def __init__(self, get, done=lambda: True):
+        self._get, self._done, self._value = get, done, None
+
+    def done(self) -> bool:
+        return self._value is not None or self._done()
+
+    def result(self) -> list[Verdict]:
+        if self._value is None:
+            self._value = [as_verdict(v) for v in self._get()]
+        return self._value
 
 
-class ModelJudge:
-    """A transformers GenRM as FAPO's judge.
+class Judge:
+    """FAPO's judge. Every judge answers two questions, the second through the first's prompt:
 
-    Each solution is shown in the training format (genrm_prompt, chat template), decoded with the
+        judge.submit(problems, ground_truths, step_lists) -> Pending   (FAPO: policy rollouts, split into steps)
+        judge.judge_prompts(prompts, n_steps) -> [Verdict]            (evaluation: ready-made critique rows)
+
+    `judge(...)` is submit(...).result(). A judge whose submit returns before the verdicts exist (a served
+    GenRM: background = True) lets train.py judge one wave of rollouts while the next decodes. ready()
+    brackets a step's judging (an in-process GenRM is gathered once for it); reseed(seed) gives a sampling
+    GenRM the step's stream, so a resumed run repeats its critiques; take_counts() hands over extra
+    per-step counters (an audit's). Subclasses implement judge_prompts, and override the rest as needed.
+    """
+    background = False  # submit works in the background (served judges)
+    votes = 1           # samples per verdict
+    context_len = None  # the GenRM's context, for the start-up budget check (models only)
+    template_tokens = 0  # tokens of the critique prompt around the solution (models only)
+
+    def __init__(self):
+        self.response_tokens = 0  # critique tokens decoded, for cost accounting
+
+    def judge_prompts(self, prompts, n_steps) -> list[Verdict]:
+        raise NotImplementedError
+
+    def submit(self, problems, ground_truths, step_lists) -> Pending:
+        prompts = [critic_prompt(p, g, s) for p, g, s in zip(problems, ground_truths, step_lists)]
+        verdicts = self.judge_prompts(prompts, [len(s) for s in step_lists])
+        return Pending(lambda: verdicts)
+
+    def __call__(self, problems, ground_truths, step_lists) -> list[Verdict]:
+        return self.submit(problems, ground_truths, step_lists).result()
+
+    def ready(self):
+        return contextlib.nullcontext(self)
+
+    def reseed(self, seed: int) -> None:
+        pass
+
+    def take_counts(self) -> dict:
+        return {}
+
+    def close(self) -> None:
+        pass
+
+
+class ModelJudge(Judge):
+    """A transformers GenRM in this process (FSDP-sharded under the trainer, gathered for each step).
+
+    Each solution is shown in the training format (critic_prompt, chat template), decoded with the
     sampler; `votes` > 1 samples k verdicts and takes the majority. A prompt that does not fit the
     model's context gets Verdict(None, error="too long"), counted apart by fapo.score_rollouts.
     """
 
     def __init__(self, model, tokenizer, max_new_tokens=1024, temperature=0.0, top_p=1.0, votes=1, seed=0,
                  device="cpu", eos_ids=None, context_len=None, max_tokens_in_flight=None):
+        super().__init__()
         self.model, self.tok, self.votes, self.device = model, tokenizer, votes, device
         self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                        eos_token_id=eos_ids if eos_ids is not None else tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
                        max_tokens_in_flight=max_tokens_in_flight)
-        self.context = context_len or getattr(model.config, "max_position_embeddings", None) or 10**9
-        self.kw["context_len"] = self.context
+        self.context_len = context_len or getattr(model.config, "max_position_embeddings", None) or 10**9
+        self.kw["context_len"] = self.context_len
+        self.template_tokens = len(encode_prompt(tokenizer, critic_prompt("", "", [""]))) + 16  # + the answer
         self.reseed(seed)
-        self.response_tokens = 0  # total decoded, for cost accounting
 
     def reseed(self, seed):
         """A fresh generator: the trainer reseeds per step, so a resumed run samples the same critiques."""
         self.gen = torch.Generator(device=self.device).manual_seed(seed)
 
+    def ready(self):
+        return _gathered_judge(self)
+
     def judge_prompts(self, prompts, n_steps):
         """Verdicts for ready-made prompts (chat messages or strings) with their step counts."""
         ids = [encode_prompt(self.tok, p) for p in prompts]
-        ok = [i for i, x in enumerate(ids) if len(x) + self.kw["max_new_tokens"] <= self.context]
+        ok = [i for i, x in enumerate(ids) if len(x) + self.kw["max_new_tokens"] <= self.context_len]
         comps = generate(self.model, [ids[i] for i in ok], n=self.votes, generator=self.gen, **self.kw) if ok else []
         self.response_tokens += sum(len(c.tokens) for c in comps)
-        out = [Verdict(None, error=f"prompt + max new tokens > context {self.context}") for _ in prompts]
+        out = [Verdict(None, error=f"prompt + max new tokens > context {self.context_len}") for _ in prompts]
         for j, i in enumerate(ok):
             texts = [self.tok.decode(c.tokens, skip_special_tokens=True) for c in comps[j * self.votes:(j + 1) * self.votes]]
             votes = [parse_index(t, n_steps[i]) for t in texts]
@@ -312,27 +296,211 @@ class ModelJudge:
             out[i] = Verdict(index, texts[votes.index(index)] if index in votes else texts[0])
         return out
 
-    def __call__(self, problems, ground_truths, step_lists):
-        prompts = [genrm_prompt(p, g, s) for p, g, s in zip(problems, ground_truths, step_lists)]
-        return self.judge_prompts(prompts, [len(s) for s in step_lists])
+
+@contextlib.contextmanager
+def _gathered_judge(judge):
+    with fsdp.gathered(judge.model):  # a collective: every rank enters, even one with nothing to judge
+        yield judge
 
 
-def evaluate_rows(judge, rows: list[Row]) -> dict:
-    """critic_metrics of a judge over critique rows (FAPO-Critic / ProcessBench rows, ours or the official
-    eval format), after check_critic_rows: label, n = extra_info.total_steps, subset = pb_subset(data_source),
-    FlawedPositiveBench restricted to rows with final_answer_correct when that field is present."""
+class ServedJudge(Judge):
+    """A GenRM behind an OpenAI-compatible endpoint (`vllm serve`, SGLang): one chat completion per solution,
+    sent by infra/genrm_client.py (timeouts, bounded retries, failures counted by kind in `failures`).
+    The verdict is parse_index of choices[0].message.content; a request that still fails is
+    Verdict(None, error=...), judge_failed for fapo, never a flag."""
+    background = True
+
+    def __init__(self, base_url, model, max_tokens, temperature=0.0, top_p=1.0, concurrency=32, timeout=60.0,
+                 retries=2, backoff=0.5):
+        super().__init__()
+        self.client = ChatClient(base_url, model, {"max_tokens": max_tokens, "temperature": temperature,
+                                                   "top_p": top_p}, concurrency, timeout, retries, backoff)
+
+    def __repr__(self):
+        return f"ServedJudge({self.client!r})"
+
+    @property
+    def failures(self) -> dict:
+        return self.client.failures
+
+    @property
+    def retried(self) -> int:
+        return self.client.retried
+
+    def submit(self, problems, ground_truths, step_lists) -> Pending:
+        prompts = [critic_prompt(p, g, s) for p, g, s in zip(problems, ground_truths, step_lists)]
+        return self.submit_prompts(prompts, [len(s) for s in step_lists])
+
+    def submit_prompts(self, prompts, n_steps) -> Pending:
+        """Send the requests and return at once."""
+        call = self.client.submit([as_messages(p) for p in prompts])
+
+        def verdicts():
+            replies = call.result()
+            self.response_tokens = self.client.response_tokens
+            return [Verdict(None, error=r.error) if r.error else Verdict(parse_index(r.content, n), r.content)
+                    for r, n in zip(replies, n_steps)]
+        return Pending(verdicts, call.done)
+
+    def judge_prompts(self, prompts, n_steps):
+        return self.submit_prompts(prompts, n_steps).result()
+
+    def close(self):
+        self.client.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class CheckerJudge(Judge):
+    """An exact checker as a GenRM: check(problem, ground_truth, steps) -> (first wrong step or -1, critique).
+    The toy task's (toy.check) is the demo's oracle. A problem the checker cannot read (ValueError) gets
+    Verdict(None): no verdict, never a flag."""
+
+    def __init__(self, check):
+        super().__init__()
+        self.check = check
+
+    def submit(self, problems, ground_truths, step_lists) -> Pending:
+        verdicts = [self._verdict(p, g, s) for p, g, s in zip(problems, ground_truths, step_lists)]
+        return Pending(lambda: verdicts)
+
+    def judge_prompts(self, prompts, n_steps):
+        out = []
+        for p in prompts:
+            try:
+                problem, truth, steps = parse_critic_prompt(p if isinstance(p, str) else p[-1]["content"])
+            except ValueError:
+                out.append(Verdict(None))
+                continue
+            out.append(self._verdict(problem, truth, steps))
+        return out
+
+    def _verdict(self, problem, ground_truth, steps):
+        try:
+            index, text = self.check(problem, ground_truth, steps)
+        except ValueError:
+            return Verdict(None)
+        return Verdict(index, text)
+
+
+class AuditedJudge(Judge):
+    """A learned GenRM whose every verdict is also asked of a reference judge (an exact checker) on the same
+    rollouts: its verdicts pass through unchanged; take_counts() returns (and resets) oracle_flagged, agree."""
+
+    def __init__(self, judge, reference: Judge):
+        super().__init__()
+        self.judge, self.reference = as_judge(judge), reference
+        inner = self.judge
+        self.background, self.context_len, self.template_tokens = inner.background, inner.context_len, inner.template_tokens
+        self.counts = {"oracle_flagged": 0, "agree": 0}
+
+    @contextlib.contextmanager
+    def ready(self):
+        with self.judge.ready():
+            yield self
+
+    def reseed(self, seed):
+        self.judge.reseed(seed)
+
+    def submit(self, problems, ground_truths, step_lists) -> Pending:
+        pending, truth = self.judge.submit(problems, ground_truths, step_lists), self.reference(problems, ground_truths, step_lists)
+
+        def audited():
+            verdicts = pending.result()
+            for v, t in zip(verdicts, truth):
+                flawed = t.index not in (None, -1)
+                self.counts["oracle_flagged"] += flawed
+                self.counts["agree"] += flawed == (v.index not in (None, -1))
+            return verdicts
+        return Pending(audited, pending.done)
+
+    def judge_prompts(self, prompts, n_steps):
+        return self.judge.judge_prompts(prompts, n_steps)
+
+    def take_counts(self):
+        counts, self.counts = self.counts, {k: 0 for k in self.counts}
+        return counts
+
+    def close(self):
+        self.judge.close()
+
+
+class FunctionJudge(Judge):
+    """A plain function as a judge: fn(problems, ground_truths, step_lists) -> [Verdict | int | None]."""
+
+    def __init__(self, fn):
+        super().__init__()
+        self.fn = fn
+
+    def submit(self, problems, ground_truths, step_lists) -> Pending:
+        verdicts = self.fn(problems, ground_truths, step_lists)
+        return Pending(lambda: verdicts)
+
+
+def as_judge(judge) -> Judge | None:
+    """A Judge as is; a plain function (a forker's lambda) wrapped as one; None stays None (no judging)."""
+    return judge if judge is None or isinstance(judge, Judge) else FunctionJudge(judge)
+
+
+def ready(judge: Judge | None):
+    """`with ready(judge) as j:` readies a judge for a step (None: nothing to ready, j is None)."""
+    return judge.ready() if judge is not None else contextlib.nullcontext(None)
+
+
+def make_judge(spec: str, *, checker=None, world=None, dtype=torch.float32, max_tokens=1024, temperature=0.0,
+               top_p=1.0, votes=1, seed=0, context_len=0, max_tokens_in_flight=None, served_model="genrm",
+               concurrency=32, timeout=300.0, retries=2) -> Judge | None:
+    """The judge a --genrm value names: 'none' (None: nobody is judged, the baseline), 'oracle' (the task's
+    exact checker), http(s)://HOST:PORT/v1 (a served GenRM), or a local model directory (loaded sharded on
+    the meta device, frozen: FAPO does not train the GenRM it judges with)."""
+    if spec == "none":
+        return None
+    if spec == "oracle":
+        if checker is None:
+            raise ValueError("--genrm oracle needs a task with an exact checker (the toy task)")
+        return CheckerJudge(checker)
+    if spec.startswith(("http://", "https://")):
+        return ServedJudge(spec, served_model, max_tokens, temperature, top_p, concurrency=concurrency,
+                           timeout=timeout, retries=retries)
+    from transformers import AutoConfig, AutoTokenizer
+    world = world or fsdp.World()
+    tok = AutoTokenizer.from_pretrained(spec)
+    context = context_len or AutoConfig.from_pretrained(spec).max_position_embeddings
+    model = fsdp.load_pretrained(spec, world, dtype, configure=lambda m: setattr(
+        m.config, "max_position_embeddings", context)).eval().requires_grad_(False)
+    gen = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
+    eos = sorted({tok.eos_token_id} | set(gen if isinstance(gen, list) else [gen]) - {None})
+    return ModelJudge(model, tok, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, votes=votes,
+                      seed=seed, device=world.device, eos_ids=eos, context_len=context,
+                      max_tokens_in_flight=max_tokens_in_flight)
+
+
+# ---- evaluation on critique rows ----
+
+
+def rows_metrics(rows: list[Row], verdicts: list[Verdict]) -> dict:
+    """critic_metrics of verdicts on (checked) critique rows: label, subset = pb_subset(data_source),
+    FlawedPositiveBench restricted to rows with final_answer_correct when that field is present; plus
+    unparseable (an answer without a usable \\boxed{}) and judge_failed (no answer at all), counted apart."""
+    fc = [r.extra_info.get("final_answer_correct", True) for r in rows]
+    m = critic_metrics([v.index for v in verdicts], [r.ground_truth for r in rows], final_correct=fc,
+                       subsets=[pb_subset(r.data_source) for r in rows])
+    m["unparseable"] = sum(v.index is None and not v.error for v in verdicts) / max(len(rows), 1)
+    m["judge_failed"] = sum(bool(v.error) for v in verdicts) / max(len(rows), 1)
+    return m
+
+
+def evaluate_rows(judge: Judge, rows: list[Row]) -> dict:
+    """rows_metrics of a judge over critique rows (checked first), with its mean critique length."""
     check_critic_rows(rows, "<rows>")
     verdicts = [as_verdict(v) for v in judge.judge_prompts([r.prompt for r in rows],
                                                             [r.extra_info["total_steps"] for r in rows])]
-    preds = [v.index for v in verdicts]
-    fc = [r.extra_info.get("final_answer_correct", True) for r in rows]
-    m = critic_metrics(preds, [r.ground_truth for r in rows], final_correct=fc,
-                       subsets=[pb_subset(r.data_source) for r in rows])
+    m = rows_metrics(rows, verdicts)
     m["avg_response_tokens"] = judge.response_tokens / max(len(rows) * judge.votes, 1)
-    # a verdict missing because the judge got no answer (service down, prompt too long) is not the
-    # GenRM's fault: counted apart from an answer without a usable \boxed{}
-    m["unparseable"] = sum(v.index is None and not v.error for v in verdicts) / max(len(rows), 1)
-    m["judge_failed"] = sum(bool(v.error) for v in verdicts) / max(len(rows), 1)
     return m
 
 
@@ -376,25 +544,20 @@ def main(argv=None):
         ap.error("an endpoint needs --genrm-model (the name the server serves the GenRM under)")
     if remote and args.votes != 1:
         ap.error("--votes needs a local model")
-    if args.data == "toy":
-        import toy  # the built-in task plugs in here: its rows (and, with --model oracle, its checker)
-    rows = [r for r, _, _ in toy.critic_rows(512, seed=12345)] if args.data == "toy" else load_critic_rows(args.data)
-    rows = rows[: args.limit or None]
-    if remote:
-        from genrm_http import HTTPJudge
-        judge = HTTPJudge(args.model, args.genrm_model, args.max_new_tokens, args.temperature, args.top_p,
-                          concurrency=args.concurrency, timeout=args.timeout)
-    elif args.model == "oracle":  # the toy task's exact checker, through the same metrics
-        import toy
-        judge = toy.OracleJudge()
-    else:
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        tok = AutoTokenizer.from_pretrained(args.model)
-        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.bfloat16 if device == "cuda" else torch.float32)
-        judge = ModelJudge(model.to(device).eval(), tok, args.max_new_tokens, args.temperature, args.top_p, args.votes,
-                           args.seed, device, max_tokens_in_flight=args.max_tokens_in_flight or None)
-    m = evaluate_rows(judge, rows)
+    if args.model == "none":
+        ap.error("--model none judges nothing")
+    checker = None
+    if args.data == "toy" or args.model == "oracle":
+        import toy  # the built-in task (it imports only data.py): its critique rows and its exact checker
+        checker = toy.check  # reads toy problems; on any other row it gives no verdict
+    rows = toy.critic_eval_rows(512, seed=12345) if args.data == "toy" else load_critic_rows(args.data)
+    dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    judge = make_judge(args.model, checker=checker, dtype=dtype, max_tokens=args.max_new_tokens, temperature=args.temperature,
+                       top_p=args.top_p, votes=args.votes, seed=args.seed, served_model=args.genrm_model,
+                       concurrency=args.concurrency, timeout=args.timeout,
+                       max_tokens_in_flight=args.max_tokens_in_flight or None)
+    with judge.ready():
+        m = evaluate_rows(judge, rows[: args.limit or None])
     print(report(m))
     if remote:  # transport failures, apart from unparseable answers: they are the service's, not the GenRM's
         judge.close()

@@ -313,8 +313,13 @@ def micro_batches(samples, rows, tokens, world):
     the maximum runs zero-weight copies of a sample, which add nothing to the gradient."""
     mbs = pack_by_tokens(samples, tokens) if tokens > 0 else chunks(samples, rows)
     target = int(world.max([len(mbs)])[0])
-    filler = Sample(samples[0].prompt[:1], samples[0].response[:1], 0.0, weight=0.0) if samples else None
-    return mbs + [[filler] for _ in range(target - len(mbs))]
+    return mbs + [[f] for f in fillers(samples, target - len(mbs))]
+
+
+def fillers(samples, count):
+    """count zero-weight samples (one token of samples[0]): they pad a rank's passes to its peers' count
+    (FSDP needs every rank in every collective) and add nothing to the loss or its normaliser."""
+    return [Sample(samples[0].prompt[:1], samples[0].response[:1], 0.0, weight=0.0) for _ in range(count)]
 
 
 # ---- the update: exact global token-mean over micro-batches and ranks ----

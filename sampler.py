@@ -17,13 +17,13 @@ What it does, top to bottom:
 
 Two loops do step 4 and give the same samples (logprobs equal to float rounding); `fast` picks one:
   eager  fast=False: transformers' DynamicCache, the batch reshaped at every drop. The reference.
-  fast   fast=True: a KV cache allocated once and written in place. On CUDA the one-token step is compiled
-         (torch.compile "reduce-overhead", i.e. CUDA graphs), and rows are padded to power-of-two buckets so
-         that it sees few shapes. FSDP-wrapped models are not compiled (FSDP hooks and re-gathered weights
-         do not belong in a graph); fast="static" never compiles, fast="compile" compiles on CPU too.
-         The compiled loop keeps its cache buffers with the model between calls (graphs replay in place;
-         `FAST_STATES.pop(model)` frees them).
+  fast   fast=True: infra/fastdecode.py, a KV cache allocated once and written in place. On CUDA the
+         one-token step is compiled (torch.compile "reduce-overhead", i.e. CUDA graphs), and rows are padded
+         to power-of-two buckets so that it sees few shapes. FSDP-wrapped models are not compiled;
+         fast="static" never compiles, fast="compile" compiles on CPU too. The compiled loop keeps its cache
+         buffers with the model between calls (`fastdecode.FAST_STATES.pop(model)` frees them).
          Models whose cache cannot be static (sliding windows, ...) warn and run eager.
+Both loops start from the same prefilled wave (start_wave) and pick tokens with the same pick_next_tokens.
   fast=None (the default) is fast on CUDA and eager elsewhere (the README's sampler benchmark says why).
 
 The returned logprobs are float32 log_softmax(logits / temperature) of the full, untruncated
@@ -37,18 +37,16 @@ benchmarks: `python bench/sampler.py` (CPU), `bash bench/gpu.sh` (GPU).
 """
 import contextlib
 import inspect
-import warnings
-import weakref
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
-from torch.distributed.fsdp import FSDPModule, FullyShardedDataParallel
-from torch.fx.experimental import _config as fx_config
-from transformers import AttentionInterface, AttentionMaskInterface, Cache, DynamicCache, StaticCache
-from transformers.cache_utils import StaticLayer
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import sdpa_mask
+from transformers import DynamicCache
+
+from infra import fastdecode
+
+# the default memory cap of a decode (train.py and genrm.py --max-tokens-in-flight): rows x (prompt + new tokens)
+# at once; it kept a 41M GenRM on the 100 sample critic rows at 1.04 GiB, uncapped 9.5 GiB (docs/memory.md)
+TOKENS_IN_FLIGHT = 16384
 
 
 @dataclass
@@ -156,6 +154,47 @@ def plan_waves(lengths: list[int], n: int, max_new_tokens: int, max_tokens_in_fl
     return waves + [wave]
 
 
+# ---- one wave: what both decode loops start from ----
+
+@dataclass
+class Decode:
+    """The decoding settings every loop reads (one object instead of a dozen positional arguments)."""
+    n: int                   # samples per prompt (rows of a prompt share its prefill)
+    max_new_tokens: int
+    temperature: float       # 0: greedy
+    top_k: int
+    top_p: float
+    eos_ids: torch.Tensor    # (E,) every id that ends a row
+    pad_token_id: int        # fills unused slots; masks never compare ids to it
+    context_len: int
+    generator: torch.Generator | None
+    check_every: int         # steps between drops of finished rows (a host sync each)
+
+
+@dataclass
+class Wave:
+    """A prefilled wave of B = U * n rows (prompt-major) and the buffers its tokens are written to."""
+    cache: DynamicCache        # the U prompts' KV cache (not yet repeated n times)
+    logits: torch.Tensor       # (U, V) each prompt's last logits
+    prompt_mask: torch.Tensor  # (U, L) 1 on real prompt tokens (left-padded)
+    lengths: torch.Tensor      # (B,) prompt length of each row
+    limits: torch.Tensor       # (B,) new tokens each row may write (never past the context)
+    out_tokens: torch.Tensor   # (B, S) written by the loop; S = the longest limit
+    out_logprobs: torch.Tensor  # (B, S)
+
+    @property
+    def num_rows(self):
+        return self.lengths.numel()
+
+    @property
+    def width(self):
+        return self.prompt_mask.size(1)
+
+    @property
+    def num_steps(self):
+        return self.out_tokens.size(1)
+
+
 def prefill(model, prompts, pad_token_id, device):
     """Prefill each distinct prompt once -> DynamicCache, last logits (U, V), prompt mask (U, L)."""
     cache = DynamicCache(config=model.config)  # the config gives sliding-window layers where the model has them
@@ -166,10 +205,16 @@ def prefill(model, prompts, pad_token_id, device):
     return cache, logits, prompt_mask
 
 
-def row_limits(prompts, n, max_new_tokens, context_len, device):
-    """Prompt length and generation budget of each of the B = U * n rows (prompt-major); never past the context."""
-    lengths = torch.tensor([len(p) for p in prompts for _ in range(n)], device=device)  # (B,)
-    return lengths, (context_len - lengths).clamp(max=max_new_tokens)  # (B,), (B,)
+def start_wave(model, prompts, d: Decode) -> Wave:
+    """Prefill, row limits and empty output buffers: the set-up both loops share."""
+    device = next(model.parameters()).device
+    cache, logits, prompt_mask = prefill(model, prompts, d.pad_token_id, device)  # _, (U, V), (U, L)
+    lengths = torch.tensor([len(p) for p in prompts for _ in range(d.n)], device=device)  # (B,)
+    limits = (d.context_len - lengths).clamp(max=d.max_new_tokens)  # (B,)
+    num_steps = int(limits.max())
+    out_tokens = torch.full((lengths.numel(), num_steps), d.pad_token_id, dtype=torch.long, device=device)
+    out_logprobs = torch.zeros((lengths.numel(), num_steps), dtype=torch.float32, device=device)
+    return Wave(cache, logits, prompt_mask, lengths, limits, out_tokens, out_logprobs)
 
 
 def draw_uniform(temperature, generator, num_rows, device):
@@ -182,41 +227,35 @@ def draw_uniform(temperature, generator, num_rows, device):
 
 # ---- eager decode loop (the reference) ----
 
-def decode_wave(model, prompts, n, max_new_tokens, temperature, top_k, top_p, eos_ids, pad_token_id,
-                context_len, generator, check_every) -> list[Completion]:
-    device = next(model.parameters()).device
+def decode_wave(model, wave: Wave, d: Decode) -> None:
+    """Decode a prefilled wave into wave.out_tokens / out_logprobs with transformers' DynamicCache."""
+    device, n = wave.lengths.device, d.n
     cache_kwarg, keep_arg = cache_kwarg_name(model), accepts_logits_to_keep(model)
-    cache, logits, prompt_mask = prefill(model, prompts, pad_token_id, device)  # _, (U, V), (U, L)
+    cache, num_rows, num_steps, width = wave.cache, wave.num_rows, wave.num_steps, wave.width
 
     # share the prefill across the n samples: repeat cache rows, not prompts
     if n > 1:
         cache.batch_repeat_interleave(n)
-    logits = logits.repeat_interleave(n, dim=0)  # (B, V), B = U * n, prompt-major
-    lengths, limits = row_limits(prompts, n, max_new_tokens, context_len, device)  # (B,), (B,)
-    num_steps = int(limits.max())
-    num_rows, width = lengths.numel(), prompt_mask.size(1)
+    logits = wave.logits.repeat_interleave(n, dim=0)  # (B, V), B = U * n, prompt-major
     # attention mask for prompt + every future token, sliced per step; generated slots are real tokens
-    mask = torch.cat([prompt_mask.repeat_interleave(n, dim=0),
+    mask = torch.cat([wave.prompt_mask.repeat_interleave(n, dim=0),
                       torch.ones(num_rows, num_steps, dtype=torch.long, device=device)], dim=1)  # (B, L + S)
-
-    out_tokens = torch.full((num_rows, num_steps), pad_token_id, dtype=torch.long, device=device)
-    out_logprobs = torch.zeros((num_rows, num_steps), dtype=torch.float32, device=device)
     rows = torch.arange(num_rows, device=device)  # (b,) wave row of each live batch row
     done = torch.zeros(num_rows, dtype=torch.bool, device=device)  # (b,)
 
     for step in range(num_steps):
-        uniform = draw_uniform(temperature, generator, num_rows, device)
-        tokens, logprobs = pick_next_tokens(logits, temperature, top_k, top_p,
+        uniform = draw_uniform(d.temperature, d.generator, num_rows, device)
+        tokens, logprobs = pick_next_tokens(logits, d.temperature, d.top_k, d.top_p,
                                             None if uniform is None else uniform[rows])  # (b,), (b,)
-        out_tokens[rows, step] = tokens
-        out_logprobs[rows, step] = logprobs
-        done |= torch.isin(tokens, eos_ids) | (limits[rows] <= step + 1)
+        wave.out_tokens[rows, step] = tokens
+        wave.out_logprobs[rows, step] = logprobs
+        done |= torch.isin(tokens, d.eos_ids) | (wave.limits[rows] <= step + 1)
         if step + 1 == num_steps:
             break
 
         # drop finished rows only every check_every steps: reading `done` is a host sync.
         # Rows that finished in between decode a few throw-away tokens; they are cut below.
-        if (step + 1) % check_every == 0:
+        if (step + 1) % d.check_every == 0:
             live = (~done).nonzero().squeeze(-1)  # (b',)
             if live.numel() == 0:
                 break
@@ -225,17 +264,15 @@ def decode_wave(model, prompts, n, max_new_tokens, temperature, top_k, top_p, eo
                 rows, done, tokens, mask = rows[live], done[live], tokens[live], mask[live]
 
         # (b, 1): the new token's position in its own row (clamped: rows past their limit are thrown away)
-        position = (lengths[rows] + step).clamp(max=context_len - 1).unsqueeze(-1)
+        position = (wave.lengths[rows] + step).clamp(max=d.context_len - 1).unsqueeze(-1)
         logits = last_logits(model, cache, cache_kwarg, keep_arg, tokens.unsqueeze(-1),
                              mask[:, : width + step + 1], position)  # (b, V)
 
-    return to_completions(out_tokens, out_logprobs, limits, eos_ids)
 
-
-def to_completions(out_tokens, out_logprobs, limits, eos_ids) -> list[Completion]:
+def to_completions(wave: Wave, eos_ids) -> list[Completion]:
     eos = set(eos_ids.tolist())  # (B, S) tensors -> one Completion per row
-    return [to_completion(t, lp, limit, eos)
-            for t, lp, limit in zip(out_tokens.tolist(), out_logprobs.tolist(), limits.tolist())]
+    return [to_completion(t, lp, limit, eos) for t, lp, limit in
+            zip(wave.out_tokens.tolist(), wave.out_logprobs.tolist(), wave.limits.tolist())]
 
 
 def to_completion(tokens: list[int], logprobs: list[float], limit: int, eos: set[int]) -> Completion:
@@ -244,240 +281,6 @@ def to_completion(tokens: list[int], logprobs: list[float], limit: int, eos: set
         if t in eos:
             return Completion(tokens[: i + 1], logprobs[: i + 1], "stop")
     return Completion(tokens[:limit], logprobs[:limit], "length")
-
-
-# ---- fast path: static cache, row buckets, a compiled step ----
-# Keys and values of each layer live in one (R, H_kv, S, D) buffer written in place: slot t of a row holds
-# token t of its left-padded sequence, as in the eager cache. The model sees a view of the first `rows` rows.
-# When compiled, `rows` is a power of two (a bucket): live rows move to the front and the view shrinks only
-# when they fit the next bucket, so the step has few shapes and CUDA replays one graph per bucket instead of
-# launching ~40 kernels per layer from Python. Uncompiled, finished rows leave at every check, as in eager.
-
-class RowsLayer(StaticLayer):
-    """A transformers StaticLayer over buffers we own, so that every bucket is a view of one allocation."""
-
-    def __init__(self, keys, values):
-        super().__init__(max_cache_len=keys.size(2))
-        # the next slot to write, advanced in place by StaticLayer.update; mutated inside the graph, so static
-        self.cumulative_length = torch.zeros((), dtype=torch.long, device=keys.device)
-        torch._dynamo.mark_static_address(self.cumulative_length)
-        self.is_initialized, self.device, self.dtype = True, keys.device, keys.dtype
-        self.num_heads, self.k_head_dim, self.v_head_dim = keys.size(1), keys.size(3), values.size(3)
-        self.buffers = keys, values  # (R, H_kv, S, D) each
-        self.view(keys.size(0))
-
-    def view(self, rows: int, slots: int | None = None) -> None:
-        """Show the model the first `rows` rows, and the first `slots` slots (all by default)."""
-        self.keys, self.values = self.buffers[0][:rows, :, :slots], self.buffers[1][:rows, :, :slots]  # no copy
-        self.batch_size = rows
-        torch._dynamo.mark_static_address(self.keys)  # CUDA graphs read and write the cache in place
-        torch._dynamo.mark_static_address(self.values)
-
-    def get_mask_sizes(self, *args, **kwargs):
-        return self.keys.size(2), 0  # a tensor size, not the int max_cache_len: a new length does not recompile
-
-
-class FastState:
-    """One model's static cache and decode step (compiled or not); `slot` is the next slot to write.
-    buckets: pad rows to powers of two (>= 8), so a compiled step sees few shapes; else exactly the live rows."""
-
-    def __init__(self, step_fn, buckets: bool):
-        self.cache, self.step_fn, self.buckets, self.rows, self.slot, self.shown = None, step_fn, buckets, 0, 0, None
-
-    def rows_for(self, live: int) -> int:
-        return max(8, 1 << (live - 1).bit_length()) if self.buckets else live
-
-    def load(self, prefill_cache: DynamicCache, n: int, rows: int, length: int) -> None:
-        """Copy each prefilled prompt into n consecutive rows. Reuse the buffers when they fit and are not much
-        longer (graphs replay at fixed addresses), else allocate R = rows, S = length rounded up to 128."""
-        prefilled = [(layer.keys, layer.values) for layer in prefill_cache.layers]  # (U, H_kv, L, D) each
-        have = self.cache.layers[0].buffers[0].shape if self.cache is not None else None
-        if have is None or have[0] < rows or not length <= have[2] <= length + max(128, length // 4):
-            self.cache = None  # free the old buffers first
-            size = -(-length // 128) * 128
-            self.cache = Cache(layers=[RowsLayer(k.new_zeros(rows, k.size(1), size, k.size(3)),
-                                                 v.new_zeros(rows, v.size(1), size, v.size(3)))
-                                       for k, v in prefilled])
-        units, width = prefilled[0][0].shape[0], prefilled[0][0].shape[2]
-        for layer, kv in zip(self.cache.layers, prefilled):
-            for buffer, src in zip(layer.buffers, kv):
-                # (U, n, H_kv, L, D) view of the first U * n rows; broadcasting copies without an n-fold temporary
-                buffer[: units * n].unflatten(0, (units, n))[..., :width, :] = src.unsqueeze(1)
-        self.rows, self.shown = rows, None
-        self.set_slot(width)
-
-    def view(self, rows: int, slots: int | None) -> None:
-        if self.shown != (rows, slots):  # new views only when the shape changes: fewer dynamo guard checks
-            for layer in self.cache.layers:
-                layer.view(rows, slots)
-            self.shown = rows, slots
-
-    def set_slot(self, slot: int) -> None:
-        self.slot = slot
-        for layer in self.cache.layers:
-            layer.cumulative_length.fill_(slot)
-
-    def keep_rows(self, keep: torch.Tensor) -> None:
-        """Row i of the new, smaller bucket becomes row keep[i] of the current one (written slots only)."""
-        for layer in self.cache.layers:
-            for buffer in layer.buffers:
-                buffer[: keep.numel(), :, : self.slot] = buffer[keep, :, : self.slot]
-        self.rows, self.shown = keep.numel(), None
-
-    def step(self, model, cache_kwarg, tokens, mask, *args):
-        """decode_step for the `rows` rows. Compiled, it sees every slot (fixed shapes; the causal mask hides
-        unwritten ones); uncompiled, only the slots written so far, like the eager cache. Compile errors surface
-        at the first call of a new shape: then warn and go on uncompiled, for this model from now on."""
-        if self.step_fn is not None:
-            try:
-                self.view(self.rows, None)
-                if tokens.is_cuda:
-                    torch.compiler.cudagraph_mark_step_begin()  # the previous step's outputs have been consumed
-                tokens, logprobs = self.step_fn(model, self.cache, cache_kwarg, tokens, mask, *args)
-                self.slot += 1
-                return tokens.clone(), logprobs.clone()  # graph outputs are overwritten by the next replay
-            except Exception as error:  # noqa: BLE001 -- any compile failure; a genuine error recurs below
-                warnings.warn(f"sampler: torch.compile failed, decoding uncompiled: {type(error).__name__}: {error}")
-                self.step_fn = None
-                self.set_slot(self.slot)  # a partly run step may have advanced some layers' counters
-        self.slot += 1
-        self.view(self.rows, self.slot)  # slots 0 .. the one this step writes
-        return decode_step(model, self.cache, cache_kwarg, tokens, mask[:, : self.slot], *args)
-
-
-def decode_step(model, cache, cache_kwarg, tokens, mask, position, uniform, temperature, top_k, top_p):
-    """Feed one token per row: tokens (r,), mask (r, S), position (r,) -> next tokens (r,), logprobs (r,)."""
-    out = model(input_ids=tokens.unsqueeze(-1), attention_mask=mask, position_ids=position.unsqueeze(-1),
-                use_cache=True, **{cache_kwarg: cache})
-    return pick_next_tokens(out.logits[:, -1], temperature, top_k, top_p, uniform)
-
-
-def decode_wave_fast(model, state, prompts, n, max_new_tokens, temperature, top_k, top_p, eos_ids, pad_token_id,
-                     context_len, generator, check_every) -> list[Completion]:
-    device, cache_kwarg = next(model.parameters()).device, cache_kwarg_name(model)
-    prefill_cache, logits, prompt_mask = prefill(model, prompts, pad_token_id, device)  # _, (U, V), (U, L)
-    lengths, limits = row_limits(prompts, n, max_new_tokens, context_len, device)  # (B,), (B,)
-    num_rows, width, num_steps = lengths.numel(), prompt_mask.size(1), int(limits.max())
-    rows = state.rows_for(num_rows)
-    state.load(prefill_cache, n, rows, width + num_steps)
-    del prefill_cache
-
-    # batch row i holds wave row index[i]; rows from `live` on pad the bucket (copies of a row, never recorded)
-    index = torch.arange(rows, device=device).clamp(max=num_rows - 1)  # (r,)
-    live = num_rows
-    done = torch.arange(rows, device=device) >= live  # (r,)
-    # slots after the prompt hold real tokens; the causal mask hides those not written yet
-    mask = torch.ones(rows, state.cache.layers[0].buffers[0].size(2), dtype=torch.long, device=device)  # (r, S)
-    mask[:, :width] = prompt_mask[index // n]
-
-    out_tokens = torch.full((num_rows, num_steps), pad_token_id, dtype=torch.long, device=device)
-    out_logprobs = torch.zeros((num_rows, num_steps), dtype=torch.float32, device=device)
-    uniform = draw_uniform(temperature, generator, num_rows, device)
-    tokens, logprobs = pick_next_tokens(logits[index // n], temperature, top_k, top_p,
-                                        None if uniform is None else uniform[index])  # (r,), (r,)
-    tokens = tokens.clone()  # not a view, like the tokens of later steps (dynamo guards on that)
-    for step in range(num_steps):
-        out_tokens[index[:live], step] = tokens[:live]
-        out_logprobs[index[:live], step] = logprobs[:live]
-        done |= torch.isin(tokens, eos_ids) | (limits[index] <= step + 1)
-        if step + 1 == num_steps:
-            break
-
-        # every check_every steps (a host sync), live rows move down a bucket when they fit a smaller one.
-        # Finished rows keep decoding until then; their throw-away tokens are cut below.
-        if (step + 1) % check_every == 0:
-            alive = (~done).nonzero().squeeze(-1)  # (b',)
-            if alive.numel() == 0:
-                break
-            if state.rows_for(alive.numel()) < rows:
-                live, rows = alive.numel(), state.rows_for(alive.numel())
-                keep = torch.cat([alive, alive[:1].expand(rows - live)])  # (r',)
-                state.keep_rows(keep)
-                index, tokens, mask = index[keep], tokens[keep], mask[keep]
-                done = torch.arange(rows, device=device) >= live
-
-        uniform = draw_uniform(temperature, generator, num_rows, device)
-        # feed token `step` at its position (clamped as in the eager loop), pick token step + 1
-        position = (lengths[index] + step).clamp(max=context_len - 1)  # (r,)
-        tokens, logprobs = state.step(model, cache_kwarg, tokens, mask, position,
-                                      None if uniform is None else uniform[index], temperature, top_k, top_p)
-
-    return to_completions(out_tokens, out_logprobs, limits, eos_ids)
-
-
-# ---- attention for one query token ----
-
-def gqa_decode_attention(module, query, key, value, attention_mask, dropout=0.0, scaling=None, **kwargs):
-    """transformers' SDPA, except for one query token and grouped key/value heads: the G query heads of a
-    key/value head become G query rows, (r, H_kv, G, D), so the cache is read in place instead of first
-    being copied G times (what transformers 5.17 does whenever there is a mask, i.e. every padded step)."""
-    groups = getattr(module, "num_key_value_groups", 1)
-    if query.size(2) != 1 or groups == 1 or kwargs.get("s_aux") is not None or kwargs.get("softcap"):
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
-    r, heads, _, dim = query.shape  # (r, H, 1, D)
-    out = F.scaled_dot_product_attention(query.view(r, heads // groups, groups, dim), key, value,
-                                         attn_mask=attention_mask, scale=scaling)  # (r, H_kv, G, D)
-    return out.reshape(r, 1, heads, dim), None  # head h reads kv head h // G, as in repeat_kv
-
-
-AttentionInterface.register("sampler_sdpa", gqa_decode_attention)
-AttentionMaskInterface.register("sampler_sdpa", sdpa_mask)
-
-
-@contextlib.contextmanager
-def decode_attention(model):
-    """Route an SDPA model's attention through gqa_decode_attention while the fast loop runs."""
-    config = model.config
-    if config._attn_implementation != "sdpa":
-        yield
-        return
-    config._attn_implementation = "sampler_sdpa"
-    try:
-        yield
-    finally:
-        config._attn_implementation = "sdpa"
-
-
-# ---- choosing the loop ----
-
-FAST_STATES = weakref.WeakKeyDictionary()  # model -> FastState, kept while the model lives when compiled
-COMPILED_STEP = None  # torch.compile(decode_step), made on first use
-
-
-def static_cache_supported(model) -> bool:
-    """Plain full-attention layers only: sliding-window, linear-attention or encoder-decoder caches go eager."""
-    try:
-        layers = StaticCache(config=model.config, max_cache_len=1).layers
-    except Exception:  # noqa: BLE001 -- any config StaticCache cannot take
-        return False
-    return len(layers) > 0 and all(type(layer) is StaticLayer for layer in layers)
-
-
-def is_fsdp(model) -> bool:
-    return any(isinstance(m, (FSDPModule, FullyShardedDataParallel)) for m in model.modules())
-
-
-def fast_state(model, fast, device) -> FastState | None:
-    """The fast loop's state for this model, or None for the eager loop (see the module docstring)."""
-    if fast is False or (fast is None and device.type != "cuda"):
-        return None
-    if not static_cache_supported(model):
-        warnings.warn(f"sampler: {type(model).__name__} has no plain static cache; using the eager decode loop")
-        return None
-    if not (fast == "compile" or (fast in (True, None) and device.type == "cuda" and not is_fsdp(model))):
-        return FastState(None, buckets=False)  # uncompiled: any shape is fine; fresh buffers, freed after the call
-    global COMPILED_STEP
-    if COMPILED_STEP is None:
-        # dynamic shapes: one compile serves every bucket and cache length (CUDA graphs are still per shape)
-        COMPILED_STEP = torch.compile(decode_step, mode="reduce-overhead", dynamic=True)
-        # else the first bucket's size, equal to the buffers' row count, gets one symbol: a recompile later
-        fx_config.use_duck_shape = False
-        limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"
-        setattr(torch._dynamo.config, limit, max(getattr(torch._dynamo.config, limit), 64))  # models x settings
-    if model not in FAST_STATES:
-        FAST_STATES[model] = FastState(COMPILED_STEP, buckets=True)
-    return FAST_STATES[model]
 
 
 # ---- public entry point ----
@@ -518,11 +321,17 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
     eos_list = [] if eos_token_id is None else [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id)
     eos_ids = torch.tensor(eos_list, dtype=torch.long, device=device)
 
-    state = fast_state(model, fast, device)
+    d = Decode(n, max_new_tokens, temperature, top_k, top_p, eos_ids, pad_token_id, context_len, generator,
+               check_every)
+    state = fastdecode.fast_state(model, fast, device)
     results = []
-    with decode_attention(model) if state is not None else contextlib.nullcontext():
-        for wave in plan_waves([len(p) for p in prompts], n, max_new_tokens, max_tokens_in_flight):
-            args = ([prompts[i] for i in wave], n, max_new_tokens, temperature, top_k, top_p, eos_ids, pad_token_id,
-                    context_len, generator, check_every)
-            results += decode_wave(model, *args) if state is None else decode_wave_fast(model, state, *args)
+    with fastdecode.decode_attention(model) if state is not None else contextlib.nullcontext():
+        for part in plan_waves([len(p) for p in prompts], n, max_new_tokens, max_tokens_in_flight):
+            wave = start_wave(model, [prompts[i] for i in part], d)
+            if state is None:
+                decode_wave(model, wave, d)
+            else:
+                fastdecode.decode_wave_fast(model, state, wave, d, cache_kwarg_name(model), pick_next_tokens,
+                                            draw_uniform)
+            results += to_completions(wave, eos_ids)
     return results

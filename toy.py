@@ -1,7 +1,8 @@
 """toy.py -- the built-in task: multi-step arithmetic with an exact step checker, plugged into the trainer.
 
 Everything toy-specific lives here, so data.py, fapo.py and genrm.py hold only what real data needs. A new
-task of your own is a module like this one (rows, an SFT source, optionally an oracle judge).
+task of your own is a module like this one: a data.Task subclass (rows, an SFT source, optionally an exact
+checker, which genrm.CheckerJudge turns into a judge). It imports only data.py.
 
 Problem "8+6-4+9" (single digits, 2-3 operations, running value >= 0). A clean solution has one
 paragraph per operation, then the answer:  8+6=14 / 14-4=10 / 10+9=19 / \\boxed{19}.
@@ -31,7 +32,8 @@ Two regimes of SFT traces (`regime=`; the trainer's --toy-regime):
     rows(...), task_rows(task, seed, n_test)  verl-style rows: policy prompts, or GenRM critique rows
     sft_example / critic_sft_example          cold-start targets: toy traces, checker-written critiques
     tokenizer(), build_model(tok, seed)       a word-level tokenizer with a chat template; a 2-layer Qwen3
-    OracleJudge, AuditedJudge                 the exact checker as a GenRM; a learned GenRM audited by it
+    check(problem, ground_truth, steps)       the exact checker in the judge's terms (genrm.CheckerJudge(check))
+    ToyTask, add_flags                        the task as train.py sees it; its own flags (--toy-regime, ...)
 
 The toy uses the real formats end to end (chat template, blank-line steps, \\boxed{} answers, the
 FAPO-Critic prompt), so the demo runs the same code as a real run; only the oracle is toy-specific.
@@ -43,8 +45,7 @@ from dataclasses import dataclass
 
 import torch
 
-from data import Row
-from genrm import PROMPT_PHRASES, Verdict, as_verdict, genrm_prompt, parse_genrm_prompt
+from data import PROMPT_PHRASES, Row, Task, critic_prompt
 
 SOURCE, CRITIC_SOURCE = "toy_arith", "toy_critic"
 TRAIN_PROMPTS, TRAIN_CRITIC_ROWS, TEST_ROWS = 20000, 4000, 256  # pool sizes of the demo
@@ -242,7 +243,7 @@ def critic_rows(n: int, seed: int, flawed_share=0.5) -> list[tuple[Row, ToyProbl
         flaw, k, delta = random_flaw(p, rng) if rng.random() < flawed_share else (None, 0, 0)
         steps = solution_steps(p, flaw, k, delta)
         label = first_error(p, steps)
-        row = Row(prompt=[{"role": "user", "content": genrm_prompt(p.text, p.answer, steps)}],
+        row = Row(prompt=[{"role": "user", "content": critic_prompt(p.text, p.answer, steps)}],
                   ground_truth=label, extra_info={"total_steps": len(steps), "question": p.text},
                   data_source=CRITIC_SOURCE)
         out.append((row, p, steps))
@@ -256,7 +257,7 @@ CHAT_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 _SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<unk>"]
-# every word of the GenRM prompt (read off genrm.py's own sentences) and of the chat roles and critiques,
+# every word of the GenRM prompt (read off data.py's own sentences) and of the chat roles and critiques,
 # so the toy GenRM reads real prompts word by word
 _WORDS = list(dict.fromkeys(re.findall(r"[A-Za-z]+", " ".join(PROMPT_PHRASES[:1] + PROMPT_PHRASES[2:] + PROMPT_PHRASES[1:2])
                                        + " user assistant system ok wrong")))
@@ -298,57 +299,14 @@ def build_model(tok, seed):
     return Qwen3ForCausalLM(cfg)
 
 
-# ---- the oracle GenRM, and an audit of a learned one ----
+# ---- the exact checker, in the judge's terms ----
 
 
-class OracleJudge:
-    """The exact step checker with the GenRM's interface: judge(problems, ground_truths, step_lists) and
-    judge_prompts(prompts, n_steps) -> [Verdict]. Anything that is not a toy problem gets index None."""
-    votes, response_tokens = 1, 0
-
-    def __call__(self, problems, ground_truths, step_lists):
-        return [self._verdict(p, s) for p, s in zip(problems, step_lists)]
-
-    def judge_prompts(self, prompts, n_steps):
-        out = []
-        for p in prompts:
-            try:
-                problem, _, steps = parse_genrm_prompt(p if isinstance(p, str) else p[-1]["content"])
-            except ValueError:
-                out.append(Verdict(None))
-                continue
-            out.append(self._verdict(problem, steps))
-        return out
-
-    @staticmethod
-    def _verdict(problem, steps):
-        """The checker's index, explained by a checker-written critique (what a GenRM would have written)."""
-        try:
-            p = parse_problem(problem)
-        except ValueError:
-            return Verdict(None)
-        return Verdict(first_error(p, steps), critique(p, steps))
-
-
-class AuditedJudge:
-    """A learned GenRM whose every verdict is also checked by the oracle on the same rollouts: the judge's
-    verdicts pass through unchanged; take_counts() returns (and resets) oracle_flagged and agree."""
-
-    def __init__(self, judge, oracle=None):
-        self.judge, self.oracle = judge, oracle or OracleJudge()
-        self.counts = {"oracle_flagged": 0, "agree": 0}
-
-    def __call__(self, problems, ground_truths, step_lists):
-        verdicts = [as_verdict(v) for v in self.judge(problems, ground_truths, step_lists)]
-        for v, t in zip(verdicts, self.oracle(problems, ground_truths, step_lists)):
-            truth = t.index not in (None, -1)
-            self.counts["oracle_flagged"] += truth
-            self.counts["agree"] += truth == (v.index not in (None, -1))
-        return verdicts
-
-    def take_counts(self):
-        counts, self.counts = self.counts, {k: 0 for k in self.counts}
-        return counts
+def check(problem: str, ground_truth, steps: list[str]) -> tuple[int, str]:
+    """(first wrong step or -1, the checker-written critique) of a solution to a toy problem; ValueError for
+    anything that is not one (genrm.CheckerJudge then gives no verdict, never a flag)."""
+    p = parse_problem(problem)
+    return first_error(p, steps), critique(p, steps)
 
 
 # ---- the task as the trainer sees it ----
@@ -358,7 +316,40 @@ def task_rows(task, seed, n_test=TEST_ROWS):
     """(train rows, test rows) of the demo: policy prompts for rl/sft, critique rows for genrm. The test
     problems are drawn with seed + 1 and kept out of the training pool."""
     if task == "genrm":
-        return ([r for r, _, _ in critic_rows(TRAIN_CRITIC_ROWS, seed)],
-                [r for r, _, _ in critic_rows(n_test, seed + 1)])
+        return critic_eval_rows(TRAIN_CRITIC_ROWS, seed), critic_eval_rows(n_test, seed + 1)
     test = rows(n_test, seed + 1)
     return rows(TRAIN_PROMPTS, seed, {r.prompt[0]["content"] for r in test}), test
+
+
+def critic_eval_rows(n: int, seed: int) -> list[Row]:
+    """n toy critique rows (the rows of critic_rows, without their problems and steps)."""
+    return [r for r, _, _ in critic_rows(n, seed)]
+
+
+class ToyTask(Task):
+    """The built-in demo: toy problems (kind "policy") or toy critique rows (kind "critic"), SFT targets made
+    on the fly (toy traces, or checker-written critiques), and the exact checker."""
+    checker = staticmethod(check)
+
+    def __init__(self, kind: str, seed: int, eval_prompts: int = 0, flawed_share=0.3, regime="coupled",
+                 slip_share=0.2):
+        self.kind, self.seed, self.n_test = kind, seed, eval_prompts or TEST_ROWS
+        self.flawed_share, self.regime, self.slip_share = flawed_share, regime, slip_share
+
+    def rows(self):
+        return task_rows("genrm" if self.kind == "critic" else "rl", self.seed, self.n_test)
+
+    def sft_example(self, rng):
+        if self.kind == "critic":  # the toy GenRM's cold start: checker-written critiques
+            return critic_sft_example(rng)
+        return sft_example(rng, self.flawed_share, self.regime, self.slip_share)
+
+
+def add_flags(ap):
+    """The toy task's own flags, in a group of their own (train.py --help shows them apart)."""
+    g = ap.add_argument_group("toy task (--data toy)")
+    g.add_argument("--sft-flawed-share", type=float, default=0.3, help="share of SFT traces with a flawed step")
+    g.add_argument("--toy-regime", default="coupled", choices=list(REGIMES), help="SFT traces: coupled (the demo) or "
+                   "decoupled, whose wrong answers come from final slips independent of the flaws (wants --sft-steps 3000)")
+    g.add_argument("--sft-slip-share", type=float, default=0.2, help="decoupled: share of SFT traces with a final slip")
+    return g

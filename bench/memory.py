@@ -9,7 +9,7 @@ CPU: the resident set from /proc/self/status. VmHWM is a high-water mark, so it 
 memory the phase adds. GPU: torch.cuda.max_memory_allocated, reset per phase, the same way.
 The update is one policy_update on synthetic samples (--rows per rank of --prompt-len + --response-len tokens,
 --micro-batch-tokens per forward/backward) with AdamW: it includes creating the Adam state (2x the local
-shards), which later steps reuse. Runs against any revision with train.load_model and fsdp.Checkpointer.
+shards), which later steps reuse. Runs against any revision with train.load_model and checkpoint.Checkpointer.
 On CPU, run it with MALLOC_MMAP_THRESHOLD_=1048576 when comparing several micro-batches: glibc's dynamic
 mmap threshold lets freed activation blocks fragment the heap (3 x 2k-token micro-batches: 8.07 GiB per
 rank without it, 6.18 with it; README "Memory").
@@ -89,18 +89,18 @@ def measure(name, fn, world, out):
 
 
 def worker(args):
-    import fsdp
     import grpo
     import toy
     import train
+    from infra import checkpoint, fsdp
     torch.set_num_threads(1)
     world = fsdp.World()
     tok = toy.tokenizer()
     cfg = SimpleNamespace(model=args.model, context_len=0, grad_checkpointing=args.grad_checkpointing, offload=False,
-                          compute_dtype=torch.bfloat16 if world.device.type == "cuda" else torch.float32,
-                          tokenizer=tok, seed=0)
+                          seed=0)
+    dtype = torch.bfloat16 if world.device.type == "cuda" else torch.float32
     rows, st = [], {}
-    measure("setup", lambda: st.update(model=train.load_model(cfg, world)), world, rows)
+    measure("setup", lambda: st.update(model=train.load_model(cfg, world, dtype, tok)), world, rows)
     model = st["model"]
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.1)
@@ -112,7 +112,7 @@ def worker(args):
                for _ in range(args.rows)]
     settings = grpo.UpdateSettings(pad_id=0, micro_batch_tokens=args.micro_batch_tokens, max_response_len=args.response_len)
     measure("update", lambda: grpo.policy_update(model, opt, samples, settings, world), world, rows)
-    ck = fsdp.Checkpointer(args.out, world)
+    ck = checkpoint.Checkpointer(args.out, world)
     if "tokenizer" in inspect.signature(ck.save).parameters:  # the old single-part checkpoint: HF dir + trainer state
         measure("save", lambda: ck.save(model, opt, sched, tok, {"step": 1}), world, rows)
     else:
@@ -162,10 +162,11 @@ def main():
     ap.add_argument("--out", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    if args.worker:  # then skip the interpreter's teardown, as train.py does under torchrun (it can abort)
+    if args.worker:
         worker(args)
-        sys.stdout.flush()
-        os._exit(0)
+        from infra import fsdp
+        fsdp.close()  # the process group's threads joined before the interpreter's teardown (infra/fsdp.close)
+        return
     with tempfile.TemporaryDirectory(prefix="fapo-memory-") as tmp:
         model = args.model
         if not model:

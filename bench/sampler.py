@@ -36,6 +36,7 @@ import transformers
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import sampler  # noqa: E402
+from infra import fastdecode  # noqa: E402
 
 PRESETS = {
     # the trainer demo's toy policy (train.py build_toy_model), vocab rounded to 64
@@ -96,7 +97,7 @@ def sync(device):
 
 class StepClock(transformers.LogitsProcessor):
     """Counts decode steps; at the marked ones syncs the device and takes a timestamp. Hooked into the eager loop
-    (sampler.last_logits), the static loops (sampler.FastState.step) and model.generate (a logits processor)."""
+    (sampler.last_logits), the static loops (fastdecode.FastState.step) and model.generate (a logits processor)."""
 
     def __init__(self, device, marks):
         self.device, self.marks, self.calls, self.times = device, set(marks), 0, {}
@@ -118,7 +119,7 @@ class StepClock(transformers.LogitsProcessor):
 
 def clocked(clock):
     """Patch the loops' per-step functions to tick `clock`; returns the undo function."""
-    last_logits, step = sampler.last_logits, sampler.FastState.step
+    last_logits, step = sampler.last_logits, fastdecode.FastState.step
 
     def ticking_last_logits(*args):
         clock.tick()
@@ -128,8 +129,8 @@ def clocked(clock):
         clock.tick()
         return step(self, *args)
 
-    sampler.last_logits, sampler.FastState.step = ticking_last_logits, ticking_step
-    return lambda: (setattr(sampler, "last_logits", last_logits), setattr(sampler.FastState, "step", step))
+    sampler.last_logits, fastdecode.FastState.step = ticking_last_logits, ticking_step
+    return lambda: (setattr(sampler, "last_logits", last_logits), setattr(fastdecode.FastState, "step", step))
 
 
 # ---- the loops ----
@@ -191,7 +192,7 @@ def best_of(repeats, loops, fn, device, marks, label):
 
 def compiled_note(model):
     """Whether the compiled loop really ran compiled (a failed compile falls back to the static loop)."""
-    state = sampler.FAST_STATES.get(model)
+    state = fastdecode.FAST_STATES.get(model)
     if state is None:
         return ""
     from torch._dynamo.utils import counters

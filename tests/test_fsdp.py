@@ -16,8 +16,9 @@ from transformers import AutoModelForCausalLM, Qwen3Config, Qwen3ForCausalLM
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import fsdp  # noqa: E402
-import hfio  # noqa: E402
+import config  # noqa: E402
+from infra import checkpoint, fsdp  # noqa: E402
+from infra import safetensors_io as hfio  # noqa: E402
 import toy  # noqa: E402
 import train  # noqa: E402
 from test_train import TINY  # noqa: E402
@@ -62,7 +63,7 @@ def snapshot(model, opt):
 
 
 def kill_at(point):
-    """A stand-in for fsdp._fault that dies at `point` (KeyboardInterrupt: no `except Exception` catches it)."""
+    """A stand-in for checkpoint._fault that dies at `point` (KeyboardInterrupt: no `except Exception` catches it)."""
     def fault(p):
         if p == point:
             raise KeyboardInterrupt(f"killed at {p}")
@@ -78,7 +79,7 @@ def assert_same(a, b):
 
 def load_fresh(out):
     world, model, opt, sched = tiny_setup(seed=99)  # different weights: the load must replace every one
-    state = fsdp.Checkpointer(out, world).load(model, opt, sched)
+    state = checkpoint.Checkpointer(out, world).load(model, opt, sched)
     return state, snapshot(model, opt), sched
 
 
@@ -110,11 +111,11 @@ def test_load_pretrained_equals_from_pretrained(tmp_path, tie):
 
 def test_toy_model_is_unchanged_and_frozen_copy_is_exact():
     """The demo's toy model is still built as before (seeded), and the KL reference copies it exactly."""
-    cfg = train.parse_config(["--no-progress"])
-    cfg.compute_dtype, cfg.tokenizer = torch.float32, toy.tokenizer()
+    cfg = config.parse_config(["--no-progress"])
+    tok = toy.tokenizer()
     world = fsdp.World()
-    model = train.load_model(cfg, world)
-    built = toy.build_model(cfg.tokenizer, cfg.seed).state_dict()
+    model = train.load_model(cfg, world, torch.float32, tok)
+    built = toy.build_model(tok, cfg.seed).state_dict()
     got = fsdp.full_state_dict(model)
     assert all(torch.equal(got[k], built[k]) for k in built)
     ref = fsdp.frozen_copy(model, world, torch.float32)
@@ -128,7 +129,7 @@ def test_toy_model_is_unchanged_and_frozen_copy_is_exact():
 def test_save_load_roundtrip_and_layout(tmp_path):
     out = str(tmp_path / "run")
     world, model, opt, sched = tiny_setup()
-    ck = fsdp.Checkpointer(out, world)
+    ck = checkpoint.Checkpointer(out, world)
     assert ck.load(model, opt, sched) is None  # nothing to resume
     for s in (1, 2):
         step(model, opt, sched, s)
@@ -139,41 +140,41 @@ def test_save_load_roundtrip_and_layout(tmp_path):
     assert_same(snap, snapshot(model, opt))
 
 
-@pytest.mark.parametrize("point", fsdp.SAVE_POINTS)
+@pytest.mark.parametrize("point", checkpoint.SAVE_POINTS)
 def test_a_fault_at_any_point_of_a_save(tmp_path, monkeypatch, point):
     """A kill at each step of a save: the previous state (or the new one, once the pointer moved) loads
     bit for bit, and the next save works and leaves nothing behind."""
     out = str(tmp_path / "run")
     world, model, opt, sched = tiny_setup()
-    ck = fsdp.Checkpointer(out, world)
+    ck = checkpoint.Checkpointer(out, world)
     step(model, opt, sched, 1)
     ck.save(model, opt, sched, {"step": 1})
     before = snapshot(model, opt)
     step(model, opt, sched, 2)
     after = snapshot(model, opt)
-    monkeypatch.setattr(fsdp, "_fault", kill_at(point))
+    monkeypatch.setattr(checkpoint, "_fault", kill_at(point))
     with pytest.raises(KeyboardInterrupt):
         ck.save(model, opt, sched, {"step": 2})
     monkeypatch.undo()
-    moved = fsdp.SAVE_POINTS.index(point) >= fsdp.SAVE_POINTS.index("pointer")
+    moved = checkpoint.SAVE_POINTS.index(point) >= checkpoint.SAVE_POINTS.index("pointer")
     state, snap, _ = load_fresh(out)
     assert state["step"] == (2 if moved else 1)
     assert_same(snap, after if moved else before)
     step(model, opt, sched, 3)
-    fsdp.Checkpointer(out, world).save(model, opt, sched, {"step": 3})
+    checkpoint.Checkpointer(out, world).save(model, opt, sched, {"step": 3})
     assert sorted(os.listdir(os.path.join(out, "ckpt"))) == ["latest", "step_000003"]
     state, snap, _ = load_fresh(out)
     assert state["step"] == 3
     assert_same(snap, snapshot(model, opt))
 
 
-@pytest.mark.parametrize("point", fsdp.EXPORT_POINTS)
+@pytest.mark.parametrize("point", checkpoint.EXPORT_POINTS)
 def test_a_fault_at_any_point_of_an_export(tmp_path, monkeypatch, point):
     out = str(tmp_path / "run")
     world, model, _, _ = tiny_setup()
-    ck, tok = fsdp.Checkpointer(out, world), toy.tokenizer()
+    ck, tok = checkpoint.Checkpointer(out, world), toy.tokenizer()
     ck.export(model, tok, 1)
-    monkeypatch.setattr(fsdp, "_fault", kill_at(point))
+    monkeypatch.setattr(checkpoint, "_fault", kill_at(point))
     with torch.no_grad():
         next(model.parameters()).to_local().add_(1.0)
     with pytest.raises(KeyboardInterrupt):
@@ -192,7 +193,7 @@ def test_a_fault_at_any_point_of_an_export(tmp_path, monkeypatch, point):
 def test_a_failed_save_names_the_path_and_keeps_the_last_state(tmp_path, monkeypatch):
     out = str(tmp_path / "run")
     world, model, opt, sched = tiny_setup()
-    ck = fsdp.Checkpointer(out, world)
+    ck = checkpoint.Checkpointer(out, world)
     ck.save(model, opt, sched, {"step": 1})
     good = snapshot(model, opt)
     step(model, opt, sched, 2)
@@ -200,9 +201,9 @@ def test_a_failed_save_names_the_path_and_keeps_the_last_state(tmp_path, monkeyp
 
     def full_disk(*a, **k):
         raise OSError(28, "No space left on device")
-    for module, name in ((dcp_files, "_write_item"), (fsdp, "_save_synced")):  # a rank's shards; rank 0's trainer.pt
+    for module, name in ((dcp_files, "_write_item"), (checkpoint, "_save_synced")):  # a rank's shards; rank 0's trainer.pt
         monkeypatch.setattr(module, name, full_disk)
-        with pytest.raises(fsdp.CheckpointError, match=r"step_000002 failed .*No space left.*step_000001 is intact"):
+        with pytest.raises(checkpoint.CheckpointError, match=r"step_000002 failed .*No space left.*step_000001 is intact"):
             ck.save(model, opt, sched, {"step": 2})
         monkeypatch.undo()
         state, snap, _ = load_fresh(out)
@@ -215,7 +216,7 @@ def test_a_failed_save_names_the_path_and_keeps_the_last_state(tmp_path, monkeyp
 def test_nonfinite_weights_are_never_saved_or_exported(tmp_path):
     out = str(tmp_path / "run")
     world, model, opt, sched = tiny_setup()
-    ck = fsdp.Checkpointer(out, world)
+    ck = checkpoint.Checkpointer(out, world)
     ck.save(model, opt, sched, {"step": 1})
     ck.export(model, toy.tokenizer(), 1)
     good = snapshot(model, opt)
@@ -238,8 +239,8 @@ def test_nan_run_stops_with_a_clear_error_and_keeps_a_finite_checkpoint(tmp_path
     assert r.returncode != 0
     assert "consecutive steps with a non-finite loss or gradient" in r.stderr, r.stderr[-2000:]
     world, model, opt, sched = tiny_setup()
-    assert fsdp.Checkpointer(os.path.join(out, "sft"), world).load(model, opt, sched)["step"] >= 1
-    assert fsdp.all_finite(model)
+    assert checkpoint.Checkpointer(os.path.join(out, "sft"), world).load(model, opt, sched)["step"] >= 1
+    assert checkpoint.all_finite(model)
 
 
 # ---- the HF export ----
@@ -250,7 +251,7 @@ def test_export_is_what_from_pretrained_loads_and_nothing_else(tmp_path):
     world = fsdp.World()
     model = fsdp.load_pretrained(path, world, torch.float32)
     out = str(tmp_path / "run")
-    fsdp.Checkpointer(out, world).export(model, toy.tokenizer(), 7)
+    checkpoint.Checkpointer(out, world).export(model, toy.tokenizer(), 7)
     hf = os.path.join(out, "hf")
     assert os.path.realpath(hf) == os.path.realpath(os.path.join(out, "exports", "step_000007"))
     files = sorted(os.listdir(hf))
@@ -276,7 +277,7 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     args = TINY + FAST
     train.main(args + ["--out", str(tmp_path / "a")])
     # SFT saves at steps 2, 4, 6 and exports once; RL saves at step 2; then die inside the step-3 save
-    at = 3 * len(fsdp.SAVE_POINTS) + len(fsdp.EXPORT_POINTS) + len(fsdp.SAVE_POINTS) + 3
+    at = 3 * len(checkpoint.SAVE_POINTS) + len(checkpoint.EXPORT_POINTS) + len(checkpoint.SAVE_POINTS) + 3
     out = str(tmp_path / "b")
     r = subprocess.run([sys.executable, "train.py", "--out", out] + args, cwd=ROOT, capture_output=True, text=True,
                        env={**ENV, "FAPO_FAULT_AT": str(at)}, timeout=300)
@@ -296,7 +297,7 @@ def test_two_process_checkpoint_resumes_in_one(tmp_path):
     out = str(tmp_path / "two")
     # with --export-every 2: SFT saves and exports at steps 2, 4, 6, re-links its final export (1 point),
     # then RL saves and exports at step 2: die at that export's last point
-    save, export = len(fsdp.SAVE_POINTS), len(fsdp.EXPORT_POINTS)
+    save, export = len(checkpoint.SAVE_POINTS), len(checkpoint.EXPORT_POINTS)
     at = 3 * (save + export) + 1 + save + export
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
            str(31500 + random.randrange(1000)), os.path.abspath(__file__), str(tmp_path), str(at)]
@@ -307,7 +308,7 @@ def test_two_process_checkpoint_resumes_in_one(tmp_path):
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
     for phase, step_ in (("sft", 6), ("rl", 2)):  # SFT's Adam state is far from zero; RL's toy gradients may be 0
         world, model, opt, sched = tiny_setup(seed=5)
-        ck = fsdp.Checkpointer(os.path.join(out, phase), world)
+        ck = checkpoint.Checkpointer(os.path.join(out, phase), world)
         assert ck.load(model, opt, sched)["step"] == step_
         exported = hf_tensors(os.path.join(out, phase, "exports", f"step_{step_:06d}"))
         full = fsdp.full_state_dict(model)

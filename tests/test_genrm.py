@@ -6,6 +6,7 @@ import re
 
 import pytest
 
+import data
 import genrm
 from conftest import SHARED_DATA
 from genrm import critic_metrics, genrm_reward, parse_index
@@ -14,7 +15,7 @@ SAMPLE = os.path.join(SHARED_DATA, "fapo-critic-sample.jsonl")
 
 
 def test_prompt_hand_example():
-    got = genrm.genrm_prompt("What is 1+1?", "2", ["1+1=2.", "So \\boxed{2}."])
+    got = data.critic_prompt("What is 1+1?", "2", ["1+1=2.", "So \\boxed{2}."])
     want = (
         "The following is a math problem with its ground truth answer, along with an AI solution (split into "
         "paragraphs, enclosed with tags and indexed from 0):\n\n[Math Problem]\n\nWhat is 1+1?\n\n[Ground Truth]"
@@ -38,8 +39,8 @@ def test_all_shared_prompts_reproduced_exactly():
         truth = text.split("[Ground Truth]\n\n", 1)[1].split("\n\n[AI Solution]", 1)[0]
         steps = [s for _, s in re.findall(r"<paragraph_(\d+)>\n(.*?)\n</paragraph_\1>", text, re.S)]
         assert len(steps) == r["extra_info"]["total_steps"]
-        assert genrm.genrm_prompt(problem, truth, steps) == text
-        assert genrm.parse_genrm_prompt(text) == (problem, truth, steps)
+        assert data.critic_prompt(problem, truth, steps) == text
+        assert data.parse_critic_prompt(text) == (problem, truth, steps)
 
 
 @pytest.mark.parametrize("text, n, want", [
@@ -114,14 +115,14 @@ def test_critic_rewards_sums():
 def test_check_critic_rows():
     from data import Row
     rows = [Row("p", "2", {"total_steps": 3}), Row("p", -1, {"total_steps": 1})]
-    genrm.check_critic_rows(rows, "f.jsonl")
+    data.check_critic_rows(rows, "f.jsonl")
     assert rows[0].ground_truth == 2
     with pytest.raises(ValueError, match=r"f.jsonl: row 1: field 'extra_info.total_steps'"):
-        genrm.check_critic_rows([Row("p", 1, {})], "f.jsonl")
+        data.check_critic_rows([Row("p", 1, {})], "f.jsonl")
     with pytest.raises(ValueError, match=r"row 2: field 'reward_model.ground_truth'"):
-        genrm.check_critic_rows([Row("p", 0, {"total_steps": 2}), Row("p", 2, {"total_steps": 2})], "f.jsonl")
+        data.check_critic_rows([Row("p", 0, {"total_steps": 2}), Row("p", 2, {"total_steps": 2})], "f.jsonl")
     with pytest.raises(ValueError, match="ground_truth"):
-        genrm.check_critic_rows([Row("p", "x", {"total_steps": 2})], "f.jsonl")
+        data.check_critic_rows([Row("p", "x", {"total_steps": 2})], "f.jsonl")
 
 
 def test_shared_sample_passes_critic_checks():
@@ -129,7 +130,7 @@ def test_shared_sample_passes_critic_checks():
         pytest.skip("../shared/data not present")
     from data import load_rows
     rows = load_rows(SAMPLE)
-    genrm.check_critic_rows(rows, SAMPLE)
+    data.check_critic_rows(rows, SAMPLE)
     assert sum(r.ground_truth == -1 for r in rows) == 50
 
 
@@ -181,7 +182,7 @@ class ScriptedJudge:
         self.by_problem = by_problem
 
     def judge_prompts(self, prompts, n_steps):
-        return [genrm.Verdict(self.by_problem[genrm.parse_genrm_prompt(p[-1]["content"])[0]]) for p in prompts]
+        return [genrm.Verdict(self.by_problem[data.parse_critic_prompt(p[-1]["content"])[0]]) for p in prompts]
 
 
 # (problem, subset, label, final answer correct, the judge's index): hand-computed metrics below
@@ -192,7 +193,7 @@ CASES = [("p1", "gsm8k", -1, True, -1), ("p2", "gsm8k", 1, True, 1), ("p3", "mat
 def _critic_file(tmp_path, official):
     rows = []
     for problem, subset, label, fc, _ in CASES:
-        row = {"data_source": f"processbench_{subset}", "prompt": [{"role": "user", "content": genrm.genrm_prompt(
+        row = {"data_source": f"processbench_{subset}", "prompt": [{"role": "user", "content": data.critic_prompt(
             problem, "7", ["s0", "s1", "s2"])}]}
         if official:  # label and flag in raw_info, labels as strings, no total_steps (counted from the tags)
             row["extra_info"] = {"raw_info": {"label": str(label), "final_answer_correct": fc}}
@@ -207,7 +208,7 @@ def _critic_file(tmp_path, official):
 
 @pytest.mark.parametrize("official", [True, False])
 def test_evaluate_critic_files(tmp_path, official):
-    rows = genrm.load_critic_rows(_critic_file(tmp_path, official))
+    rows = data.load_critic_rows(_critic_file(tmp_path, official))
     assert [r.ground_truth for r in rows] == [c[2] for c in CASES]
     assert all(r.extra_info["total_steps"] == 3 for r in rows)
     m = genrm.evaluate_rows(ScriptedJudge({c[0]: c[4] for c in CASES}), rows)
@@ -238,13 +239,13 @@ def test_main_prints_pooled_and_subset_f1(tmp_path, capsys):
 
 def test_check_critic_rows_official_fields():
     from data import Row
-    prompt = [{"role": "user", "content": genrm.genrm_prompt("q", "1", ["a", "b"])}]
+    prompt = [{"role": "user", "content": data.critic_prompt("q", "1", ["a", "b"])}]
     r = Row(prompt, 0, {"raw_info": {"label": "-1", "final_answer_correct": False}})
-    genrm.check_critic_rows([r], "f.jsonl")  # raw_info wins, as in the official script; n from the tags
+    data.check_critic_rows([r], "f.jsonl")  # raw_info wins, as in the official script; n from the tags
     assert r.ground_truth == -1 and r.extra_info["total_steps"] == 2 and r.extra_info["final_answer_correct"] is False
     with pytest.raises(ValueError, match="final_answer_correct"):
-        genrm.check_critic_rows([Row(prompt, 1, {"final_answer_correct": "yes"})], "f.jsonl")
+        data.check_critic_rows([Row(prompt, 1, {"final_answer_correct": "yes"})], "f.jsonl")
     with pytest.raises(ValueError, match="ground_truth"):
-        genrm.check_critic_rows([Row(prompt, True, {})], "f.jsonl")
+        data.check_critic_rows([Row(prompt, True, {})], "f.jsonl")
     with pytest.raises(ValueError, match="total_steps"):
-        genrm.check_critic_rows([Row([], 1, {})], "f.jsonl")
+        data.check_critic_rows([Row([], 1, {})], "f.jsonl")

@@ -1,4 +1,4 @@
-"""Tests for genrm_http.HTTPJudge against tests/genrm_server.py (127.0.0.1, a free port): the same verdicts
+"""Tests for genrm.ServedJudge against bench/genrm_server.py (127.0.0.1, a free port): the same verdicts
 as the in-process judges, each failure mode counted apart and never a flag, and bounded time when the
 server hangs."""
 import json
@@ -11,11 +11,11 @@ import urllib.request
 
 import pytest
 
+from conftest import ROOT
 import fapo
 import genrm
-import genrm_http
 import toy
-from genrm_server import GenRMServer
+from bench.genrm_server import GenRMServer
 
 ROWS = toy.critic_rows(40, seed=7)  # (row, problem, steps): half the solutions flawed
 ARGS = ([p.text for _, p, _ in ROWS], [p.answer for _, p, _ in ROWS], [s for _, _, s in ROWS])
@@ -41,7 +41,7 @@ def fresh():
 
 def judge_for(url, **kw):
     kw.setdefault("backoff", 0.01)
-    return genrm_http.HTTPJudge(url, "toy", max_tokens=96, **kw)
+    return genrm.ServedJudge(url, "toy", max_tokens=96, **kw)
 
 
 def indices(verdicts):
@@ -54,7 +54,7 @@ def indices(verdicts):
 def test_same_verdicts_as_the_oracle(server):
     with judge_for(server.url) as judge:
         got = judge(*ARGS)
-    want = toy.OracleJudge()(*ARGS)
+    want = genrm.CheckerJudge(toy.check)(*ARGS)
     assert indices(got) == indices(want)
     assert {i for i in indices(got)} - {-1} and -1 in indices(got)  # both clean and flawed rows
     assert all(v.error is None and v.text.endswith(f"\\boxed{{{v.index}}}") for v in got)
@@ -75,7 +75,7 @@ def test_fapo_flags_match_the_in_process_oracle(server):
     gts = [str(a) for a in ARGS[1]]
     with judge_for(server.url) as judge:
         got = fapo.score_rollouts(responses, gts, ARGS[0], genrm=judge)
-    want = fapo.score_rollouts(responses, gts, ARGS[0], genrm=toy.OracleJudge())
+    want = fapo.score_rollouts(responses, gts, ARGS[0], genrm=genrm.CheckerJudge(toy.check))
     assert got.first_error == want.first_error and got.rewards == want.rewards
     assert got.counts == want.counts and got.counts["flagged"] > 0
 
@@ -106,7 +106,7 @@ def test_retry_that_succeeds(fresh, mode):
     setattr(fresh, mode, 1)  # the first request misbehaves, its retry is answered
     with judge_for(fresh.url, concurrency=1) as judge:
         got = judge(*first(3))
-    assert indices(got) == indices(toy.OracleJudge()(*first(3))) and all(v.error is None for v in got)
+    assert indices(got) == indices(genrm.CheckerJudge(toy.check)(*first(3))) and all(v.error is None for v in got)
     assert sum(judge.failures.values()) == 0 and judge.retried == 1 and fresh.requests == 4
 
 
@@ -185,14 +185,14 @@ def test_model_server_matches_in_process_judge(tmp_path):
     local = genrm.ModelJudge(model, tok, max_new_tokens=8)
     with torch.no_grad():
         want = local.judge_prompts(prompts, n_steps)
-    with GenRMServer(model_dir=str(tmp_path)) as s, genrm_http.HTTPJudge(s.url, "toy", max_tokens=8) as judge:
+    with GenRMServer(model_dir=str(tmp_path)) as s, genrm.ServedJudge(s.url, "toy", max_tokens=8) as judge:
         got = judge.judge_prompts(prompts, n_steps)
     assert [v.text for v in got] == [v.text for v in want]  # greedy: the same critiques, batched or not
     assert all(v.error is None for v in got) and judge.response_tokens == local.response_tokens > 0
 
 
 def test_script_serves_and_stops_by_itself():
-    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "genrm_server.py")
+    script = os.path.join(ROOT, "bench", "genrm_server.py")
     proc = subprocess.Popen([sys.executable, script, "--port", "0", "--max-seconds", "3",
                              "--served-model-name", "toy"], stdout=subprocess.PIPE, text=True)
     try:
@@ -201,7 +201,7 @@ def test_script_serves_and_stops_by_itself():
         models = json.loads(no_proxy.open(url + "/models", timeout=5).read())
         assert models["data"][0]["id"] == "toy"
         with judge_for(url) as judge:
-            assert indices(judge(*first(4))) == indices(toy.OracleJudge()(*first(4)))
+            assert indices(judge(*first(4))) == indices(genrm.CheckerJudge(toy.check)(*first(4)))
         assert proc.wait(timeout=15) == 0
     finally:
         if proc.poll() is None:

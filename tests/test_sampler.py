@@ -13,6 +13,7 @@ import torch
 import transformers
 
 import sampler
+from infra import fastdecode
 from sampler import generate, plan_waves, sample_from_logits, top_k_filter, top_p_filter
 
 VOCAB = 96
@@ -234,16 +235,16 @@ def rows_policy(request, monkeypatch):
     it pads rows to power-of-two buckets and attends over every slot. Test both on CPU, the second with the
     step function not compiled (test_fast_compiled_step_matches_eager compiles it)."""
     if request.param == "buckets":
-        monkeypatch.setattr(sampler, "fast_state", lambda model, fast, device: None if fast is False else
-                            sampler.FastState(sampler.decode_step, buckets=True))
+        monkeypatch.setattr(fastdecode, "fast_state", lambda model, fast, device: None if fast is False else
+                            fastdecode.FastState(fastdecode.decode_step, buckets=True))
     return request.param
 
 
 def count_compactions(monkeypatch):
     """Count the fast path's moves to a smaller bucket, so a test can show it exercised them."""
     calls = []
-    original = sampler.FastState.keep_rows
-    monkeypatch.setattr(sampler.FastState, "keep_rows", lambda self, keep: (calls.append(keep.numel()),
+    original = fastdecode.FastState.keep_rows
+    monkeypatch.setattr(fastdecode.FastState, "keep_rows", lambda self, keep: (calls.append(keep.numel()),
                                                                             original(self, keep)))
     return calls
 
@@ -307,7 +308,7 @@ def test_fast_compiled_step_matches_eager():
     kwargs = dict(temperature=1.0, n=2, check_every=2, eos_token_id=[3, 7])
     eager = generate(model, prompts, 12, seed=0, **kwargs, fast=False)
     assert_same(generate(model, prompts, 12, seed=0, **kwargs, fast="compile"), eager)
-    assert sampler.FAST_STATES[model].step_fn is not None, "compilation failed and fell back"
+    assert fastdecode.FAST_STATES[model].step_fn is not None, "compilation failed and fell back"
 
 
 # ---- GPU ----
@@ -348,4 +349,4 @@ def test_fast_cuda_matches_eager(fast):
     for _ in range(2):  # the second call replays the recorded graphs
         assert_same(generate(model, prompts, 40, seed=0, **kwargs, fast=fast), eager)
     if fast is True:
-        assert sampler.FAST_STATES[model].step_fn is not None, "compilation failed and fell back"
+        assert fastdecode.FAST_STATES[model].step_fn is not None, "compilation failed and fell back"

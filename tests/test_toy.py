@@ -5,6 +5,7 @@ import random
 
 import pytest
 
+import data
 import genrm
 import toy
 from data import split_steps, verify
@@ -57,19 +58,19 @@ def test_toy_tokenizer_roundtrip(tmp_path):
     assert again(text, add_special_tokens=False)["input_ids"] == ids
 
 def test_oracle_genrm():
-    got = toy.OracleJudge()(["8+6-4+9", "8+6-4+9", "not a problem"], ["19"] * 3,
+    got = genrm.CheckerJudge(toy.check)(["8+6-4+9", "8+6-4+9", "not a problem"], ["19"] * 3,
                             [["8+6=14", "14-4=10", "10+9=19", "\\boxed{19}"],
                              ["8+6=14", "14-4=11", "10+9=19", "\\boxed{19}"], ["x"]])
     assert [v.index for v in got] == [-1, 1, None]
-    prompts = [genrm.genrm_prompt("8+6", "14", ["8+6=15", "\\boxed{14}"]), "not a GenRM prompt"]
-    assert [v.index for v in toy.OracleJudge().judge_prompts(prompts, [2, 1])] == [0, None]
+    prompts = [data.critic_prompt("8+6", "14", ["8+6=15", "\\boxed{14}"]), "not a GenRM prompt"]
+    assert [v.index for v in genrm.CheckerJudge(toy.check).judge_prompts(prompts, [2, 1])] == [0, None]
 
 
 def test_score_rollouts_audits_a_genrm_against_an_oracle():
     from fapo import pass_at_k, rollout_metrics, score_rollouts
     responses = ["8+6=15\n\n\\boxed{14}", "8+6=14\n\n\\boxed{14}", "8+6=14\n\n\\boxed{14}", "\\boxed{3}"]
     always_clean = lambda problems, gts, steps: [-1] * len(steps)  # noqa: E731
-    s = score_rollouts(responses, ["14"] * 4, ["8+6"] * 4, genrm=toy.AuditedJudge(always_clean))
+    s = score_rollouts(responses, ["14"] * 4, ["8+6"] * 4, genrm=genrm.AuditedJudge(always_clean, genrm.CheckerJudge(toy.check)))
     assert s.counts["oracle_flagged"] == 1 and s.counts["agree"] == 2 and s.counts["flagged"] == 0
     m = rollout_metrics(s.counts)
     assert m["oracle_flawed_ratio"] == pytest.approx(1 / 3) and m["judge_agreement"] == pytest.approx(2 / 3)
@@ -82,7 +83,7 @@ def test_toy_critic_rows_and_critique():
     assert 0.3 < sum(l != -1 for l in labels) / len(labels) < 0.7
     for row, p, steps in rows:
         text = row.prompt[0]["content"]
-        assert genrm.parse_genrm_prompt(text) == (p.text, str(p.answer), steps)
+        assert data.parse_critic_prompt(text) == (p.text, str(p.answer), steps)
         assert row.extra_info["total_steps"] == len(steps)
         crit = toy.critique(p, steps)
         assert parse_index(crit, len(steps)) == row.ground_truth

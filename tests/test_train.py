@@ -16,7 +16,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import data  # noqa: E402
-import fsdp  # noqa: E402
+import config  # noqa: E402
+from infra import checkpoint, fsdp, runlog  # noqa: E402
 import grpo  # noqa: E402
 import toy  # noqa: E402
 import train  # noqa: E402
@@ -101,8 +102,8 @@ def _worker(out):
     sd, st, d = sgd_update(fixed_samples(tok), micro_batch=2)
     if d.main:
         torch.save({"params": sd, "loss": st["loss"]}, out)
-    torch.distributed.barrier()  # nobody tears the group down while a peer still talks to it
-    torch.distributed.destroy_process_group()
+    del sd, st
+    fsdp.close()  # its gloo threads joined before the interpreter's teardown (a worker left there can abort it)
 
 
 # ---- end to end ----
@@ -243,20 +244,19 @@ OFFICIAL = {
 def test_presets_equal_the_official_scripts(preset, tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"prompt": "1+1", "reward_model": {"ground_truth": "2"}}) + "\n")
-    cfg = train.parse_config(["--preset", preset, "--data", str(rows), "--genrm", "none"])
+    cfg = config.parse_config(["--preset", preset, "--data", str(rows), "--genrm", "none"])
     for k, v in OFFICIAL[preset].items():
         if k == "genrm":
             continue
         assert getattr(cfg, k) == v, (preset, k, getattr(cfg, k), v)
     # an explicit flag wins over the preset; the mini-batch is counted in prompts, so it scales
-    cfg = train.parse_config(["--preset", preset, "--data", str(rows), "--genrm", "none", "--lr", "3e-6",
+    cfg = config.parse_config(["--preset", preset, "--data", str(rows), "--genrm", "none", "--lr", "3e-6",
                               "--prompts-per-step", "64"])
-    cfg.pad_id = 0
-    assert cfg.lr == 3e-6 and train.update_settings(cfg).mini_batches == 64 // 32
+    assert cfg.lr == 3e-6 and train.update_settings(cfg, 0).mini_batches == 64 // 32
 
 
 def test_help_shows_real_defaults():
-    text = train.build_parser().format_help()
+    text = config.build_parser().format_help()
     assert "default: None" not in text and "(default: 8192)" in text
 
 
@@ -278,7 +278,7 @@ def test_help_shows_real_defaults():
 ])
 def test_bad_flags_are_refused_before_anything_runs(flags, words, tmp_path):
     with pytest.raises(SystemExit, match=re.escape(words)):
-        train.parse_config(flags + ["--out", str(tmp_path / "o")])
+        config.parse_config(flags + ["--out", str(tmp_path / "o")])
     assert not os.path.exists(tmp_path / "o")
 
 
@@ -286,8 +286,8 @@ def test_oracle_is_refused_on_real_data(tmp_path):
     rows = tmp_path / "rows.jsonl"
     rows.write_text(json.dumps({"prompt": "1+1", "reward_model": {"ground_truth": "2"}}) + "\n")
     with pytest.raises(SystemExit, match="--genrm oracle"):
-        train.parse_config(["--data", str(rows)])
-    cfg = train.parse_config(["--data", str(rows), "--genrm", "none"])
+        config.parse_config(["--data", str(rows)])
+    cfg = config.parse_config(["--data", str(rows), "--genrm", "none"])
     assert cfg.test_data == "none" and cfg.preset == "none"  # never the toy task's eval on real data
 
 
@@ -319,7 +319,7 @@ def test_context_len_override_budgets_and_per_source_eval(tmp_path):
     with pytest.raises(SystemExit, match="context 64"):
         train.main(base + ["--out", str(tmp_path / "a")])
     train.main(base + ["--out", str(tmp_path / "b"), "--context-len", "256"])
-    log = read_jsonl(tmp_path / "b" / "metrics.jsonl")
+    log = read_jsonl(tmp_path / "b" / "rl" / "metrics.jsonl")
     step = [m for m in log if "eval" not in m][0]
     assert step["response_length"] > 64  # a random model rarely stops: rollouts ran past the config's 64
     final = [m for m in log if m.get("eval") == "step1"][0]
@@ -330,14 +330,14 @@ def test_context_len_override_budgets_and_per_source_eval(tmp_path):
 def test_output_dir_is_locked_and_never_silently_reused(tmp_path):
     out = str(tmp_path / "run")
     world = fsdp.World()
-    lock = fsdp.claim_output_dir(out, world)
+    lock = checkpoint.claim_output_dir(out, world)
     with pytest.raises(SystemExit, match="in use by another run"):
-        fsdp.claim_output_dir(out, world)
+        checkpoint.claim_output_dir(out, world)
     lock.release()
     open(os.path.join(out, "metrics.jsonl"), "w").write('{"step": 1}\n')
     with pytest.raises(SystemExit, match="holds a previous run"):
-        fsdp.claim_output_dir(out, world)
-    fsdp.claim_output_dir(out, world, overwrite=True).release()
+        checkpoint.claim_output_dir(out, world)
+    checkpoint.claim_output_dir(out, world, overwrite=True).release()
     assert not os.path.exists(os.path.join(out, "metrics.jsonl"))
 
 
@@ -353,7 +353,7 @@ def test_non_finite_training_stops_with_a_clear_error(tmp_path):
     with pytest.raises(FloatingPointError, match="consecutive steps with a non-finite"):
         train.main(TINY + ["--out", str(tmp_path / "nan"), "--sft-lr", "1e30", "--sft-steps", "8",
                            "--max-bad-steps", "2", "--save-every", "100"])
-    assert fsdp.Checkpointer(str(tmp_path / "nan" / "sft"), fsdp.World()).latest() is None  # nothing saved from bad weights
+    assert checkpoint.Checkpointer(str(tmp_path / "nan" / "sft"), fsdp.World()).latest() is None  # nothing saved from bad weights
 
 
 def test_resume_with_a_sampling_genrm_repeats_the_run(tmp_path):
@@ -375,7 +375,7 @@ def test_resume_with_a_sampling_genrm_repeats_the_run(tmp_path):
 
 
 def latest_export(phase_dir):
-    """The phase's HF weights (fsdp.Checkpointer.export: the newest under OUT/hf)."""
+    """The phase's HF weights (checkpoint.Checkpointer.export: the newest under OUT/hf)."""
     return os.path.join(phase_dir, "hf")
 
 
@@ -427,8 +427,8 @@ def test_wandb_mirror_logs_numbers_on_rank_zero(tmp_path, monkeypatch):
     run = types.SimpleNamespace(log=lambda d, step: calls.append(("log", step, d)), finish=lambda: calls.append(("finish",)))
     fake = types.SimpleNamespace(init=lambda **kw: calls.append(("init", kw["project"])) or run)
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    cfg = train.parse_config(["--wandb", "proj", "--no-progress", "--out", str(tmp_path)])
-    log = train.Logger(str(tmp_path / "rl"), fsdp.World(), 3, 0, "rl", cfg)
+    cfg = config.parse_config(["--wandb", "proj", "--no-progress", "--out", str(tmp_path)])
+    log = runlog.Logger(str(tmp_path / "rl"), fsdp.World(), 3, 0, "rl", cfg.no_progress, cfg.wandb, vars(cfg))
     log.log({"eval": "start", "eval_acc@4": 0.5})
     log.log({"step": 1, "reward": 0.25, "note": "text"})
     log.close()
@@ -477,7 +477,7 @@ def test_real_data_run_with_a_qwen_tokenizer(tmp_path):
                        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for run in ("one", "two"):
-        log = read_jsonl(tmp_path / run / "metrics.jsonl")
+        log = read_jsonl(tmp_path / run / "rl" / "metrics.jsonl")
         assert [m["step"] for m in log if "eval" not in m] == [1, 2]
         final = [m for m in log if m.get("eval") == "step2"][0]
         assert "eval_amc23/acc@2" in final and "eval_aime24/acc@2" in final
@@ -487,7 +487,7 @@ def test_real_data_run_with_a_qwen_tokenizer(tmp_path):
 
 def test_toy_run_judged_over_http_equals_the_in_process_oracle(tmp_path):
     """The checker behind the test server: the same flags, hence the same run, as the in-process oracle."""
-    from genrm_server import GenRMServer
+    from bench.genrm_server import GenRMServer
     args = TINY + ["--steps", "2", "--eval-every", "0", "--sft-steps", "40", "--overlap-waves", "1"]  # some right answers
     train.main(args + ["--out", str(tmp_path / "oracle")])
     with GenRMServer() as server:
@@ -505,7 +505,7 @@ def test_toy_run_judged_over_http_equals_the_in_process_oracle(tmp_path):
 
 def test_a_dead_genrm_service_stops_the_run(tmp_path):
     """Every request failing must stop the run, not train on a silent baseline."""
-    from genrm_server import GenRMServer
+    from bench.genrm_server import GenRMServer
     with GenRMServer(fail=-1) as server:
         with pytest.raises(RuntimeError, match="GenRM requests failed"):
             train.main(TINY + ["--steps", "2", "--eval-every", "0", "--sft-steps", "40", "--out", str(tmp_path / "x"),

@@ -1,17 +1,16 @@
-"""genrm_http.py -- the GenRM as a service: FAPO's judge over an OpenAI-compatible endpoint (vLLM, SGLang).
+"""infra/genrm_client.py -- HTTP transport to a GenRM served behind an OpenAI-compatible endpoint (vLLM, SGLang).
 
 At scale the GenRM runs on GPUs of its own under an inference engine (the official runs: FAPO-GenRM-4B on
 SGLang servers behind a router), and every correct rollout is judged by one chat-completion request. This
 module is that client: concurrent requests, a timeout on each, bounded retries with backoff, failures
-counted by kind and never turned into flags. It is transport plumbing, kept apart so that genrm.py reads
-as the GenRM's semantics (prompt, verdict, reward, metrics).
+counted by kind. It knows nothing of verdicts: genrm.ServedJudge builds the prompts and reads the answers.
 
-    judge = HTTPJudge("http://127.0.0.1:8000/v1", "FAPO-GenRM-4B", max_tokens=16384)
-    judge(problems, ground_truths, step_lists) -> [genrm.Verdict]      # blocking
-    pending = judge.submit(problems, ground_truths, step_lists)        # returns at once (train.py overlaps
-    pending.result() -> [genrm.Verdict]                                # judging with decoding)
+    client = ChatClient("http://127.0.0.1:8000/v1", "FAPO-GenRM-4B", {"max_tokens": 16384})
+    call = client.submit([messages, ...])     # returns at once
+    call.result() -> [Reply(content, error)]  # in request order; error set when no answer came
 
-Tests: tests/test_genrm_http.py against tests/genrm_server.py (a stdlib server on 127.0.0.1 that answers
+Why apart (skip on first read): retries, timeouts and failure kinds are transport, not the method.
+Tests: tests/test_genrm_http.py against bench/genrm_server.py (a stdlib server on 127.0.0.1 that answers
 from the toy checker or a toy GenRM, and can be slow, fail, drop connections or send malformed JSON).
 """
 import http.client
@@ -24,8 +23,7 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
-from data import as_messages
-from genrm import Verdict, genrm_prompt, parse_index
+from dataclasses import dataclass
 
 # ---- a GenRM behind an HTTP endpoint (vLLM, SGLang: OpenAI-compatible chat completions) ----
 #
@@ -36,8 +34,8 @@ from genrm import Verdict, genrm_prompt, parse_index
 # costs one TCP handshake per verdict, nothing next to a GenRM writing a critique.
 #
 # Unlike the official client: every request has a timeout and a bounded number of retries; a request that
-# still fails is a Verdict with `error` set (fapo counts it as judge_failed, never a flag), kept apart from
-# an answer without a usable \boxed{} (unparseable); the verdict is parsed, never eval'ed.
+# still fails is a Reply with `error` set (genrm.ServedJudge makes it a verdict-less Verdict, fapo counts it
+# as judge_failed, never a flag), kept apart from an answer without a usable \boxed{} (unparseable).
 
 FAILURE_KINDS = ("timeout", "refused", "dropped", "http_5xx", "http_4xx", "malformed", "skipped")
 
@@ -92,9 +90,16 @@ def _completion(raw: bytes) -> tuple[str, int]:
     return content, tokens if isinstance(tokens, int) else 0
 
 
-class PendingVerdicts:
-    """Verdicts being fetched (HTTPJudge.submit): result() waits and returns [Verdict] in order; done() does
-    not wait. It also carries what its requests learned about the endpoint, for HTTPJudge's fail-fast."""
+@dataclass
+class Reply:
+    """One request's outcome: the completion's text, or why there is none."""
+    content: str = ""
+    error: str | None = None
+
+
+class Call:
+    """One submit's requests (ChatClient.submit): result() waits and returns [Reply] in order; done() does
+    not wait. It also carries what its requests learned about the endpoint, for the client's fail-fast."""
 
     def __init__(self):
         self.futures = []
@@ -104,18 +109,18 @@ class PendingVerdicts:
     def done(self) -> bool:
         return all(f.done() for f in self.futures)
 
-    def result(self) -> list[Verdict]:
+    def result(self) -> list[Reply]:
         return [f.result() for f in self.futures]
 
 
-class HTTPJudge:
-    """A GenRM served behind an OpenAI-compatible endpoint (`vllm serve`, SGLang) as FAPO's judge.
+class ChatClient:
+    """Chat completions against an OpenAI-compatible endpoint (`vllm serve`, SGLang).
 
-    Each solution is one POST {base_url}/chat/completions with the FAPO-Critic prompt as the user message;
-    the verdict is parse_index of choices[0].message.content. Requests run concurrently, at most
-    `concurrency` in flight; each attempt has `timeout` seconds (urllib's: per connect and per read), and
-    a request is tried at most retries + 1 times with exponential backoff (backoff, 2 backoff, ...).
-    A request that still fails gives Verdict(None, error=...), counted by kind in `failures`.
+    Each request is one POST {base_url}/chat/completions with the given messages and `sampling` fields.
+    Requests run concurrently, at most `concurrency` in flight; each attempt has `timeout` seconds
+    (urllib's: per connect and per read), and a request is tried at most retries + 1 times with
+    exponential backoff (backoff, 2 backoff, ...). A request that still fails gives Reply(error=...),
+    counted by kind in `failures`.
 
     A call costs at most about (retries + 1) * timeout + backoff * (2**retries - 1) seconds when the
     server hangs, however many rows: the rows of one round run at once, and once a request of a call has
@@ -125,15 +130,13 @@ class HTTPJudge:
 
     GENRM_API_KEY, when set, is sent as a Bearer token (never logged, not in repr).
     """
-    votes = 1  # one sample per verdict (evaluate_rows divides token counts by it)
 
-    def __init__(self, base_url, model, max_tokens, temperature=0.0, top_p=1.0, concurrency=32, timeout=60.0,
-                 retries=2, backoff=0.5):
+    def __init__(self, base_url, model, sampling: dict, concurrency=32, timeout=60.0, retries=2, backoff=0.5):
         if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"HTTPJudge needs an http:// or https:// URL, got {base_url!r}")
+            raise ValueError(f"a GenRM endpoint needs an http:// or https:// URL, got {base_url!r}")
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.timeout, self.retries, self.backoff = model, timeout, retries, backoff
-        self.sampling = {"max_tokens": max_tokens, "temperature": temperature, "top_p": top_p}
+        self.sampling = dict(sampling)
         self._headers = {"Content-Type": "application/json"}
         if os.environ.get("GENRM_API_KEY"):
             self._headers["Authorization"] = "Bearer " + os.environ["GENRM_API_KEY"]
@@ -143,81 +146,62 @@ class HTTPJudge:
         self._lock = threading.Lock()  # the counters below are updated from the pool's threads
         self.response_tokens = 0       # usage.completion_tokens summed, when the server reports it
         self.retried = 0               # attempts that failed and were tried again
-        self.failures = dict.fromkeys(FAILURE_KINDS, 0)  # requests that gave no verdict, by kind
+        self.failures = dict.fromkeys(FAILURE_KINDS, 0)  # requests that gave no answer, by kind
 
     def __repr__(self):
-        return f"HTTPJudge({self.url!r}, model={self.model!r}, timeout={self.timeout}, retries={self.retries})"
+        return f"ChatClient({self.url!r}, model={self.model!r}, timeout={self.timeout}, retries={self.retries})"
 
-    # -- the judge interface --
-
-    def __call__(self, problems, ground_truths, step_lists) -> list[Verdict]:
-        return self.submit(problems, ground_truths, step_lists).result()
-
-    def judge_prompts(self, prompts, n_steps) -> list[Verdict]:
-        """Verdicts for ready-made prompts (chat messages or strings) with their step counts."""
-        return self.submit_prompts(prompts, n_steps).result()
-
-    def submit(self, problems, ground_truths, step_lists) -> PendingVerdicts:
-        """Send the requests and return at once: the trainer judges one wave while the next one decodes."""
-        prompts = [genrm_prompt(p, g, s) for p, g, s in zip(problems, ground_truths, step_lists)]
-        return self.submit_prompts(prompts, [len(s) for s in step_lists])
-
-    def submit_prompts(self, prompts, n_steps) -> PendingVerdicts:
-        pending = PendingVerdicts()
-        pending.futures = [self._pool.submit(self._ask, pending, p, n) for p, n in zip(prompts, n_steps)]
-        return pending
+    def submit(self, message_lists) -> Call:
+        """Send one request per message list and return at once."""
+        call = Call()
+        call.futures = [self._pool.submit(self._ask, call, m) for m in message_lists]
+        return call
 
     def close(self):
         """Stop the pool: queued requests are cancelled, those in flight end within their timeout."""
         self._pool.shutdown(wait=False, cancel_futures=True)
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
     # -- one request --
 
-    def _ask(self, pending: PendingVerdicts, prompt, n_steps: int) -> Verdict:
-        """One verdict, with retries; runs in a pool thread."""
-        body = json.dumps({"model": self.model, "messages": as_messages(prompt), **self.sampling}).encode()
+    def _ask(self, call: Call, messages) -> Reply:
+        """One answer, with retries; runs in a pool thread."""
+        body = json.dumps({"model": self.model, "messages": messages, **self.sampling}).encode()
         for attempt in range(self.retries + 1):
-            if pending.unreachable and not pending.reached:
+            if call.unreachable and not call.reached:
                 return self._failed(_Failure("skipped", "another request of this call found the endpoint down",
                                              False), attempt)
             if attempt:
                 # exponential, with jitter so that a whole wave does not retry in lockstep
                 time.sleep(self.backoff * 2 ** (attempt - 1) * random.uniform(0.5, 1.0))
             try:
-                content, tokens = self._post(pending, body)
+                content, tokens = self._post(call, body)
             except _Failure as f:
                 if f.retry and attempt < self.retries:
                     with self._lock:
                         self.retried += 1
                     continue
                 if f.kind in ("timeout", "refused"):
-                    pending.unreachable = True
+                    call.unreachable = True
                 return self._failed(f, attempt + 1)
             with self._lock:
                 self.response_tokens += tokens
-            return Verdict(parse_index(content, n_steps), content)
+            return Reply(content)
 
-    def _post(self, pending: PendingVerdicts, body: bytes) -> tuple[str, int]:
+    def _post(self, call: Call, body: bytes) -> tuple[str, int]:
         req = urllib.request.Request(self.url, data=body, headers=self._headers, method="POST")
         try:
             with self._opener.open(req, timeout=self.timeout) as resp:
-                pending.reached = True
+                call.reached = True
                 raw = resp.read()
         except urllib.error.HTTPError as e:
-            pending.reached = True
+            call.reached = True
             raise _failure(e)
         except (OSError, http.client.HTTPException) as e:  # socket errors and timeouts are OSErrors
             raise _failure(e)
         return _completion(raw)
 
-    def _failed(self, f: _Failure, attempts: int) -> Verdict:
+    def _failed(self, f: _Failure, attempts: int) -> Reply:
         with self._lock:
             self.failures[f.kind] += 1
         tries = f" ({attempts} attempt{'s' * (attempts != 1)})" if attempts else ""
-        return Verdict(None, error=f"{f.kind}: {f}{tries}")
+        return Reply(error=f"{f.kind}: {f}{tries}")

@@ -1,4 +1,4 @@
-"""hfio.py -- HF model directories, one shard at a time: how fsdp.py loads a model that no rank holds whole,
+"""infra/safetensors_io.py -- HF model directories, one shard at a time: how infra/fsdp.py loads a model that no rank holds whole,
 and exports one in the format from_pretrained and vLLM read.
 
     files = safetensors_index(dir)               {tensor name: file} (one model.safetensors, or an index)
@@ -9,6 +9,7 @@ and exports one in the format from_pretrained and vLLM read.
 Why by hand: safetensors' save_file wants every tensor in memory at once (the whole model on rank 0, plus a
 copy while it serialises). The format is simple: 8 bytes of header length, a JSON header (dtype, shape,
 byte offsets), then the raw bytes in order; so the header is written first and each tensor streamed after.
+Skip on first read: it is file-format plumbing under loading and exporting.
 """
 import copy
 import json

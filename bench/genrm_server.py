@@ -1,11 +1,11 @@
-"""tests/genrm_server.py -- a stand-in for vLLM / SGLang: an OpenAI-compatible GenRM endpoint on 127.0.0.1.
+"""bench/genrm_server.py -- a stand-in for vLLM / SGLang: an OpenAI-compatible GenRM endpoint on 127.0.0.1.
 
 It answers POST /v1/chat/completions (and GET /v1/models) with the toy checker's critiques (the prompt is
-read back with genrm.parse_genrm_prompt, then toy.critique) or with a toy GenRM model's greedy decode
+read back with data.parse_critic_prompt, then toy.critique) or with a toy GenRM model's greedy decode
 (transformers, through sampler.generate; requests that arrive together are decoded as one batch).
 
     with GenRMServer() as server:                    # the checker; port 0 = a free port
-        judge = genrm_http.HTTPJudge(server.url, "toy", max_tokens=96)
+        judge = genrm.ServedJudge(server.url, "toy", max_tokens=96)
     with GenRMServer(model_dir="out/genrm/rl/hf"):  # a learned toy GenRM
 
 It can be told to misbehave (attributes, changeable while it runs): slow = S seconds of sleep before
@@ -18,7 +18,7 @@ served_model="NAME" answers 404 to any other model name, as vLLM does.
 
 As a script (stops by itself after --max-seconds, default 3600):
 
-    python tests/genrm_server.py --port 8011 [--model DIR] [--served-model-name NAME]
+    python bench/genrm_server.py --port 8011 [--model DIR] [--served-model-name NAME]
                                  [--slow S] [--fail K] [--drop K] [--malformed K] [--garbage K]
 """
 import json
@@ -31,7 +31,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo's flat modules
 
-import genrm  # noqa: E402
+import data  # noqa: E402
 import toy  # noqa: E402
 from data import encode_prompt  # noqa: E402
 
@@ -48,7 +48,7 @@ class CheckerAnswers:
 
     def complete(self, messages, max_tokens, temperature, top_p) -> tuple[str, int, int]:
         try:
-            problem, _, steps = genrm.parse_genrm_prompt(messages[-1]["content"])
+            problem, _, steps = data.parse_critic_prompt(messages[-1]["content"])
             text = toy.critique(toy.parse_problem(problem), steps)
         except ValueError:
             text = "This is not a toy problem: no verdict."

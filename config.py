@@ -1,0 +1,290 @@
+"""config.py -- train.py's flags: literal defaults (the paper's, for real data) < a named preset < your flags.
+
+    cfg = parse_config(argv)        parsed, merged, derived, validated: before anything is loaded or written
+    python train.py --help          the flags, in groups (run, rollouts, reward, update, optimiser, SFT, toy, eval)
+
+A room of its own because it is long and a reader of the method can skip it: train.py reads `cfg.lr`, this
+file says where the value came from. The presets are visible dicts: the toy demo's, and one per official run
+script (recipe/fapo/run_*.sh; tests/test_config.py holds them to the scripts' values).
+
+Defaults adapt, explicit flags are refused: a default that conflicts with a flag you gave is derived from it
+(the mini-batch divides --prompts-per-step, the overlong buffer fits --max-response-len, pass@k fits the eval
+samples) and the printed config says so in `derived`; only a conflict between flags you gave stops the run.
+"""
+import argparse
+import json
+import math
+import os
+
+import grpo
+import toy
+from sampler import TOKENS_IN_FLIGHT
+
+# ---- presets ----
+
+# verl's official FAPO scripts, the values every 7B/32B/GenRM preset shares
+_OFFICIAL = dict(prompts_per_step=512, mini_batch_prompts=32, rollouts=8, temperature=1.0, top_p=1.0, top_k=0,
+                 max_prompt_len=2048, max_response_len=8192, overlong_buffer=4096, overlong_factor=1.0,
+                 lr=1e-6, warmup=10, weight_decay=0.1, grad_clip=1.0, clip_low=0.2, clip_high=0.28, clip_c=10.0,
+                 loss_agg="token-mean", kl_coef=0.0, eval_temperature=1.0, eval_top_p=0.7, eval_samples=1, pass_k=1,
+                 eval_every=10, save_every=0, grad_checkpointing=True, offload=True, max_tokens_in_flight=0,
+                 micro_batch_tokens=(2048 + 8192) * 2, logprob_batch_tokens=(2048 + 8192) * 3)
+PRESETS = {
+    # the built-in demo (../shared/TOY-NOTES.md): a 0.5M-parameter model needs a bigger lr and a cold start
+    "toy": dict(steps=100, prompts_per_step=16, mini_batch_prompts=0, rollouts=8, lr=2e-4, max_prompt_len=64,
+                max_response_len=48, overlong_buffer=0, eval_every=25, save_every=50, sft_steps=800, sft_batch=64,
+                sft_lr=1e-3, genrm_max_tokens=96, genrm_temperature=0.0, eval_samples=4, eval_top_p=1.0,
+                micro_batch=64, micro_batch_tokens=0, logprob_batch_tokens=0, grad_checkpointing=False,
+                offload=False, eval_prompts=256, max_tokens_in_flight=0),
+    # toy GenRM: 8 rollouts at temperature 1.0 and lr 3e-5 instead of the paper's 16 / 1.2 / 1e-6: a 0.5M model
+    # sampled at 1.2 makes copying slips that swamp the verdict signal (measured: F1 0.97 -> 0.89 in 60 steps)
+    "toy-genrm": dict(steps=60, prompts_per_step=16, mini_batch_prompts=0, rollouts=8, lr=3e-5, max_prompt_len=256,
+                      max_response_len=96, overlong_buffer=0, eval_every=20, save_every=50, sft_steps=500, sft_batch=32,
+                      sft_lr=1e-3, eval_samples=4, eval_temperature=0.0, eval_top_p=1.0, micro_batch=64,
+                      micro_batch_tokens=0, logprob_batch_tokens=0, grad_checkpointing=False, offload=False,
+                      eval_prompts=256, max_tokens_in_flight=0),
+    # run_fapo_7b.sh: Qwen2.5-Math-7B, FAPO-GenRM-4B judging with its default sampling (16k new tokens)
+    "fapo-7b": dict(_OFFICIAL, steps=200, context_len=32768, genrm_max_tokens=16384, genrm_temperature=1.0,
+                    fapo_lambda=1.0),
+    "baseline-7b": dict(_OFFICIAL, steps=200, context_len=32768, genrm="none", fapo_lambda=0.0),  # run_baseline_7b.sh
+    # run_fapo_32b.sh: 20k-token responses, token budgets of 1x (prompt + response), 600 steps in the script
+    "fapo-32b": dict(_OFFICIAL, steps=600, max_response_len=20480, genrm_max_tokens=16384, genrm_temperature=1.0,
+                     micro_batch_tokens=2048 + 20480, logprob_batch_tokens=2048 + 20480, fapo_lambda=1.0),
+    # run_fapo_genrm_train.sh: Qwen3-4B-Instruct-2507 trained as the GenRM on FAPO-Critic
+    "genrm-4b": dict(_OFFICIAL, task="genrm", steps=500, rollouts=16, temperature=1.2, max_prompt_len=5120,
+                     eval_temperature=0.6, eval_top_p=0.95, save_every=10, context_len=32768,
+                     micro_batch_tokens=(5120 + 8192) * 2, logprob_batch_tokens=(5120 + 8192) * 3),
+}
+
+# ---- flags ----
+
+
+def build_parser():
+    """Every flag, in argparse groups (--help shows the structure) with its literal default."""
+    ap = argparse.ArgumentParser(description="GRPO / FAPO training (with its SFT cold start, and GenRM training) "
+                                 "under torchrun + FSDP2", formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    g = ap.add_argument_group("run")
+    g.add_argument("--preset", default="auto", choices=["auto", "none"] + list(PRESETS),
+                   help="a named run (the dicts at the top of config.py); auto: toy / toy-genrm on toy data, else none")
+    g.add_argument("--task", default="rl", choices=["rl", "sft", "genrm"],
+                   help="rl: GRPO/FAPO on a policy; sft: cross-entropy only; genrm: GRPO on critique rows with the "
+                        "stepwise reward. With --model toy, rl and genrm start with an SFT cold start (the demo)")
+    g.add_argument("--model", default="toy", help="local HF model dir, or 'toy' for a tiny Qwen3 built from a config")
+    g.add_argument("--data", default="toy", help="train rows (.jsonl/.json/.parquet, verl schema) or 'toy'")
+    g.add_argument("--test-data", default="auto", help="eval rows or 'none'; auto: the toy's test split for toy "
+                                                       "data, none otherwise")
+    g.add_argument("--out", default="", help="output dir: config.json, then one folder per phase (sft/, rl/) with "
+                                             "metrics.jsonl, checkpoints, exports (default out/TASK)")
+    g.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="start afresh in an OUT that holds a previous run")
+    g.add_argument("--seed", default=0, type=int, help="seeds model init, data order and every sampling generator")
+    g.add_argument("--context-len", default=0, type=int,
+                   help="override the model's max_position_embeddings (rope untouched); 0: keep")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto: bf16 compute on CUDA, fp32 on CPU")
+    g.add_argument("--debug", action="store_true", help="full tracebacks on every rank")
+
+    g = ap.add_argument_group("rollouts")
+    g.add_argument("--steps", default=200, type=int, help="RL steps")
+    g.add_argument("--prompts-per-step", default=512, type=int, help="prompts per step, all ranks together")
+    g.add_argument("--rollouts", default=8, type=int, help="G: samples per prompt (>= 2: a group of one has no advantage)")
+    g.add_argument("--temperature", default=1.0, type=float, help="rollout temperature (> 0: the loss uses the "
+                                                                  "same distribution)")
+    g.add_argument("--top-p", default=1.0, type=float)
+    g.add_argument("--top-k", default=0, type=int, help="0: off")
+    g.add_argument("--max-prompt-len", default=2048, type=int, help="longer prompts are dropped and counted, never truncated")
+    g.add_argument("--max-response-len", default=8192, type=int, help="new tokens per rollout")
+    g.add_argument("--max-tokens-in-flight", default=TOKENS_IN_FLIGHT, type=int,
+                   help="sampler memory cap: rows x (prompt + response) decoded at once, in waves; 0: none")
+    g.add_argument("--fast-sampler", default="auto", choices=["auto", "on", "off"],
+                   help="the sampler's static-cache decode loop; auto: on CUDA, the eager loop on CPU (where it is no faster)")
+    g.add_argument("--overlap-waves", default=4, type=int, help="with a GenRM endpoint: decode in this many waves, "
+                                                                "judging each finished wave while the next decodes (1: no overlap)")
+
+    g = ap.add_argument_group("reward: the rule verifier, FAPO's penalty, the GenRM")
+    g.add_argument("--genrm", default="oracle", help="'oracle' (the task's exact checker; toy data only), 'none', a "
+                                                     "GenRM model dir, or an OpenAI-compatible endpoint http://HOST:PORT/v1")
+    g.add_argument("--genrm-model", default="", help="model name sent to the GenRM endpoint")
+    g.add_argument("--fapo-lambda", default=1.0, type=float, help="flawed positives get 1 - lambda; 0 is the baseline "
+                                                                  "(the GenRM still judges, so its flawed ratio is measured)")
+    g.add_argument("--genrm-temperature", default=1.0, type=float, help="GenRM decoding temperature when judging (0 = greedy)")
+    g.add_argument("--genrm-top-p", default=1.0, type=float)
+    g.add_argument("--genrm-max-tokens", default=16384, type=int, help="GenRM response budget when judging")
+    g.add_argument("--genrm-context-len", default=0, type=int, help="override the GenRM's max_position_embeddings; 0: keep")
+    g.add_argument("--genrm-concurrency", default=32, type=int, help="requests in flight to a GenRM endpoint, per rank")
+    g.add_argument("--genrm-timeout", default=300.0, type=float, help="seconds per GenRM request")
+    g.add_argument("--genrm-retries", default=2, type=int, help="retries per failed GenRM request (with backoff)")
+    g.add_argument("--overlong-buffer", default=4096, type=int, help="DAPO overlong buffer (tokens); 0 = off")
+    g.add_argument("--overlong-factor", default=1.0, type=float)
+
+    g = ap.add_argument_group("update: advantages, loss, batching")
+    g.add_argument("--mini-batch-prompts", default=32, type=int, help="prompts per optimizer update (0: the whole step)")
+    g.add_argument("--micro-batch", default=64, type=int, help="rows per forward/backward, when --micro-batch-tokens is 0")
+    g.add_argument("--micro-batch-tokens", default=20480, type=int, help="padded tokens per forward/backward; 0: rows")
+    g.add_argument("--logprob-batch-tokens", default=30720, type=int, help="padded tokens per no-grad log-prob pass; 0: rows")
+    g.add_argument("--clip-low", default=0.2, type=float)
+    g.add_argument("--clip-high", default=0.28, type=float)
+    g.add_argument("--clip-c", default=10.0, type=float, help="dual-clip constant for negative advantages (> 1)")
+    g.add_argument("--loss-agg", default="token-mean", choices=list(grpo.AGG_MODES))
+    g.add_argument("--norm-adv-by-std", default=1, type=int, choices=[0, 1], help="1: GRPO; 0: Dr. GRPO (s - mean)")
+    g.add_argument("--dynamic-sampling", action="store_true", help="DAPO: drop groups whose rewards are all equal")
+    g.add_argument("--kl-coef", default=0.0, type=float, help="KL-to-reference loss coefficient (0: no reference model)")
+    g.add_argument("--kl-kind", default="k3", choices=["k1", "k2", "k3", "abs"])
+    g.add_argument("--tis-cap", default=0.0, type=float, help="truncated importance weight min(pi_old / pi_sampler, C) "
+                                                              "on the loss (verl's rollout correction; a departure); 0: off")
+    g.add_argument("--max-bad-steps", default=3, type=int, help="stop after this many consecutive non-finite steps")
+
+    g = ap.add_argument_group("optimiser")
+    g.add_argument("--lr", default=1e-6, type=float, help="RL learning rate")
+    g.add_argument("--warmup", default=10, type=int, help="linear warm-up steps, then constant")
+    g.add_argument("--weight-decay", default=0.1, type=float)
+    g.add_argument("--betas", default=[0.9, 0.999], type=float, nargs=2)
+    g.add_argument("--grad-clip", default=1.0, type=float)
+    g.add_argument("--grad-checkpointing", default=False, action=argparse.BooleanOptionalAction)
+    g.add_argument("--offload", default=False, action=argparse.BooleanOptionalAction,
+                   help="FSDP2 CPU offload of parameters, gradients and optimizer state (GPU runs)")
+
+    g = ap.add_argument_group("SFT (the cold start, or --task sft)")
+    g.add_argument("--sft-steps", default=1000, type=int, help="SFT steps")
+    g.add_argument("--sft-batch", default=64, type=int, help="sequences per SFT step, all ranks together")
+    g.add_argument("--sft-lr", default=1e-5, type=float)
+    g.add_argument("--sft-warmup", default=50, type=int)
+    toy.add_flags(ap)
+
+    g = ap.add_argument_group("evaluation, logging, checkpoints")
+    g.add_argument("--eval-every", default=10, type=int, help="RL steps between evaluations (0: only at start and end)")
+    g.add_argument("--eval-prompts", default=0, type=int, help="test prompts per evaluation (0: all)")
+    g.add_argument("--eval-samples", default=4, type=int, help="samples per test prompt (avg@n, pass@k)")
+    g.add_argument("--eval-repeats", default="", help="per-source samples, e.g. 'aime=32,gpqa=4' (data_source substring=n)")
+    g.add_argument("--eval-temperature", default=1.0, type=float)
+    g.add_argument("--eval-top-p", default=0.7, type=float)
+    g.add_argument("--pass-k", default=2, type=int, help="k of the unbiased pass@k estimate (k <= samples of every source)")
+    g.add_argument("--dump-every", default=0, type=int, help="RL steps between rollout dumps (OUT/dumps); evals always dump")
+    g.add_argument("--dump-prompts", default=4, type=int, help="prompts per dump (rank 0's first ones), every rollout of each")
+    g.add_argument("--save-every", default=50, type=int, help="steps between checkpoints (0: only at the end)")
+    g.add_argument("--export-every", default=0, type=int, help="steps between HF exports (PHASE/exports/step_N; PHASE/hf "
+                                                               "is the newest); 0: only at the end of each phase")
+    g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    g.add_argument("--wandb", default="", help="W&B project: mirror metrics.jsonl there (optional: pip install wandb)")
+    return ap
+
+
+def given_flags(argv):
+    """The flags actually on the command line (dest names): a parser whose every default is 'absent'."""
+    ap = build_parser()
+    for action in ap._actions:
+        action.default = argparse.SUPPRESS
+    return set(vars(ap.parse_args(argv)))
+
+
+# ---- merge, derive, validate ----
+
+
+def parse_config(argv=None):
+    """Literal defaults < preset < explicit flags; then derived defaults; validated before anything runs."""
+    cfg = build_parser().parse_args(argv)
+    given = given_flags(argv)
+    if cfg.preset == "auto":
+        cfg.preset = ("toy-genrm" if cfg.task == "genrm" else "toy") if cfg.data == "toy" else "none"
+    for k, v in PRESETS.get(cfg.preset, {}).items():
+        if k not in given:
+            setattr(cfg, k, v)
+    if cfg.test_data == "auto":
+        cfg.test_data = "toy" if cfg.data == "toy" else "none"
+    cfg.out = cfg.out or os.path.join("out", cfg.task)
+    cfg.derived = derive_defaults(cfg, given)
+    validate(cfg)
+    return cfg
+
+
+def derive_defaults(cfg, given) -> dict:
+    """Defaults (literal or preset) that conflict with a flag you gave are derived from it; returns what was
+    changed and why, for the printed config. A value you gave yourself is never changed here."""
+    derived = {}
+
+    def derive(name, value, why):
+        if name not in given and getattr(cfg, name) != value:
+            derived[name] = f"{value} (default {getattr(cfg, name)}: {why})"
+            setattr(cfg, name, value)
+    if cfg.mini_batch_prompts and cfg.prompts_per_step > 0 and cfg.prompts_per_step % cfg.mini_batch_prompts:
+        derive("mini_batch_prompts", math.gcd(cfg.prompts_per_step, cfg.mini_batch_prompts),
+               f"must divide --prompts-per-step {cfg.prompts_per_step}")
+    if cfg.overlong_buffer >= cfg.max_response_len > 0:
+        # the official 7B ratio: a 4096-token buffer on 8192-token responses
+        derive("overlong_buffer", cfg.max_response_len // 2, f"must be < --max-response-len {cfg.max_response_len}")
+    repeats = parse_repeats(cfg.eval_repeats)
+    fewest = min([cfg.eval_samples] + list(repeats.values()))
+    if cfg.pass_k > fewest >= 1:
+        derive("pass_k", fewest, f"needs that many samples per prompt (--eval-samples / --eval-repeats)")
+    return derived
+
+
+def validate(cfg):
+    """Refuse what cannot work, with one clear line, before anything is loaded or written."""
+    def need(ok, msg):
+        if not ok:
+            raise SystemExit(f"config error: {msg}")
+    for name in ("steps", "prompts_per_step", "rollouts", "max_prompt_len", "max_response_len", "micro_batch",
+                 "sft_steps", "sft_batch", "eval_samples", "pass_k", "max_bad_steps", "genrm_max_tokens",
+                 "genrm_concurrency"):
+        need(getattr(cfg, name) >= 1, f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    for name in ("eval_every", "save_every", "eval_prompts", "overlong_buffer", "warmup", "sft_warmup", "top_k",
+                 "mini_batch_prompts", "micro_batch_tokens", "logprob_batch_tokens", "max_tokens_in_flight",
+                 "context_len", "genrm_context_len", "genrm_retries", "dump_every", "dump_prompts", "overlap_waves",
+                 "export_every"):
+        need(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
+    need(cfg.tis_cap >= 0, "--tis-cap must be >= 0")
+    for name in ("lr", "sft_lr", "grad_clip", "genrm_timeout", "overlong_factor"):
+        need(getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name)), f"--{name.replace('_', '-')} must be > 0")
+    for name in ("top_p", "eval_top_p", "genrm_top_p"):
+        need(0 < getattr(cfg, name) <= 1, f"--{name.replace('_', '-')} must be in (0, 1]")
+    need(cfg.temperature > 0, "--temperature must be > 0 for RL: the loss needs the sampling distribution")
+    need(cfg.eval_temperature >= 0 and cfg.genrm_temperature >= 0, "temperatures must be >= 0")
+    need(0 <= cfg.fapo_lambda, f"--fapo-lambda must be >= 0, got {cfg.fapo_lambda}")
+    need(cfg.rollouts >= 2 or cfg.task == "sft", "--rollouts must be >= 2: a GRPO group of one has zero advantage")
+    need(0 <= cfg.sft_flawed_share <= 1 and 0 <= cfg.sft_slip_share <= 1, "--sft-*-share must be in [0, 1]")
+    need(cfg.clip_c > 1, "--clip-c must be > 1")
+    need(cfg.overlong_buffer < cfg.max_response_len,
+         f"--overlong-buffer {cfg.overlong_buffer} must be < --max-response-len {cfg.max_response_len}, "
+         "or every rollout is penalised")
+    need(not cfg.mini_batch_prompts or cfg.prompts_per_step % cfg.mini_batch_prompts == 0,
+         f"--prompts-per-step {cfg.prompts_per_step} must be a multiple of --mini-batch-prompts {cfg.mini_batch_prompts}")
+    repeats = parse_repeats(cfg.eval_repeats)
+    need(cfg.pass_k <= min([cfg.eval_samples] + list(repeats.values())),
+         f"--pass-k {cfg.pass_k} needs at least that many samples per prompt (--eval-samples / --eval-repeats)")
+    need(cfg.genrm != "oracle" or cfg.data == "toy" or cfg.task != "rl",
+         "--genrm oracle is the toy task's exact checker and judges nothing on real data: give --genrm DIR, "
+         "--genrm http://HOST:PORT/v1, or --genrm none (the baseline)")
+    need(cfg.test_data != "toy" or cfg.data == "toy", "--test-data toy is the toy task's test split: it needs --data toy")
+    for name in ("model", "data", "test_data", "genrm"):
+        path = getattr(cfg, name)
+        if path not in ("toy", "none", "oracle") and not path.startswith(("http://", "https://")):
+            need(os.path.exists(path), f"--{name.replace('_', '-')} {path}: no such file or directory "
+                                       "(models are read from local directories; nothing is downloaded)")
+
+
+def parse_repeats(text):
+    """'aime=32,gpqa=4' -> {'aime': 32, 'gpqa': 4}."""
+    out = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, _, n = part.partition("=")
+        if not key or not n.isdigit() or int(n) < 1:
+            raise SystemExit(f"config error: --eval-repeats: expected SOURCE=N, got {part!r}")
+        out[key] = int(n)
+    return out
+
+
+# ---- resume: the settings a checkpoint restores ----
+
+# the optimizer's and scheduler's: changing one on resume would be ignored
+RESTORED = ("lr", "sft_lr", "warmup", "sft_warmup", "weight_decay", "betas", "seed", "model", "task", "preset")
+
+
+def changed_on_resume(cfg, path) -> str:
+    """The RESTORED settings that differ from the run's config.json at `path` ('' when none, or no file)."""
+    if not os.path.exists(path):
+        return ""
+    with open(path) as f:
+        old = json.load(f)
+    changed = [k for k in RESTORED if k in old and json.loads(json.dumps(getattr(cfg, k))) != old[k]]
+    return ", ".join(f"--{k.replace('_', '-')} ({old[k]} -> {getattr(cfg, k)})" for k in changed)
