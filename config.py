@@ -1,6 +1,8 @@
 """config.py -- train.py's flags: literal defaults (the paper's, for real data) < a named preset < your flags.
 
     cfg = parse_config(argv)        parsed, merged, derived, validated: before anything is loaded or written
+    check_budgets(cfg, context)     every length budget against the model's (and the GenRM's) context
+    update_settings(cfg, pad_id)    the flags grpo's update reads, as grpo.UpdateSettings
     python train.py --help          the flags, in groups (run, rollouts, reward, update, optimiser, SFT, toy, eval)
 
 A room of its own because it is long and a reader of the method can skip it: train.py reads `cfg.lr`, this
@@ -28,27 +30,28 @@ _OFFICIAL = dict(prompts_per_step=512, mini_batch_prompts=32, rollouts=8, temper
                  lr=1e-6, warmup=10, weight_decay=0.1, grad_clip=1.0, clip_low=0.2, clip_high=0.28, clip_c=10.0,
                  loss_agg="token-mean", kl_coef=0.0, eval_temperature=1.0, eval_top_p=0.7, eval_samples=1, pass_k=1,
                  eval_every=10, save_every=0, grad_checkpointing=True, offload=True, max_tokens_in_flight=0,
-                 micro_batch_tokens=(2048 + 8192) * 2, logprob_batch_tokens=(2048 + 8192) * 3)
+                 micro_batch_tokens=(2048 + 8192) * 2, logprob_batch_tokens=(2048 + 8192) * 3,
+                 judge_prompt="official", verdict_parse="official")  # GenRM sampling: unset, the server's
 PRESETS = {
-    # the built-in demo (../shared/TOY-NOTES.md): a 0.5M-parameter model needs a bigger lr and a cold start
+    # the built-in demo (docs/results.md): a 0.5M-parameter model needs a bigger lr and a cold start
     "toy": dict(steps=100, prompts_per_step=16, mini_batch_prompts=0, rollouts=8, lr=2e-4, max_prompt_len=64,
                 max_response_len=48, overlong_buffer=0, eval_every=25, save_every=50, sft_steps=800, sft_batch=64,
                 sft_lr=1e-3, genrm_max_tokens=96, genrm_temperature=0.0, eval_samples=4, eval_top_p=1.0,
-                micro_batch=64, micro_batch_tokens=0, logprob_batch_tokens=0, grad_checkpointing=False,
-                offload=False, eval_prompts=256, max_tokens_in_flight=0),
+                judge_prompt="critic", verdict_parse="strict", micro_batch=64, micro_batch_tokens=0,
+                logprob_batch_tokens=0, grad_checkpointing=False, offload=False, eval_prompts=256, max_tokens_in_flight=0),
     # toy GenRM: 8 rollouts at temperature 1.0 and lr 3e-5 instead of the paper's 16 / 1.2 / 1e-6: a 0.5M model
     # sampled at 1.2 makes copying slips that swamp the verdict signal (measured: F1 0.97 -> 0.89 in 60 steps)
     "toy-genrm": dict(steps=60, prompts_per_step=16, mini_batch_prompts=0, rollouts=8, lr=3e-5, max_prompt_len=256,
                       max_response_len=96, overlong_buffer=0, eval_every=20, save_every=50, sft_steps=500, sft_batch=32,
                       sft_lr=1e-3, eval_samples=4, eval_temperature=0.0, eval_top_p=1.0, micro_batch=64,
+                      judge_prompt="critic", verdict_parse="strict",
                       micro_batch_tokens=0, logprob_batch_tokens=0, grad_checkpointing=False, offload=False,
                       eval_prompts=256, max_tokens_in_flight=0),
-    # run_fapo_7b.sh: Qwen2.5-Math-7B, FAPO-GenRM-4B judging with its default sampling (16k new tokens)
-    "fapo-7b": dict(_OFFICIAL, steps=200, context_len=32768, genrm_max_tokens=16384, genrm_temperature=1.0,
-                    fapo_lambda=1.0),
+    # run_fapo_7b.sh: Qwen2.5-Math-7B, FAPO-GenRM-4B judging with its server's default sampling (16k new tokens)
+    "fapo-7b": dict(_OFFICIAL, steps=200, context_len=32768, genrm_max_tokens=16384, fapo_lambda=1.0),
     "baseline-7b": dict(_OFFICIAL, steps=200, context_len=32768, genrm="none", fapo_lambda=0.0),  # run_baseline_7b.sh
     # run_fapo_32b.sh: 20k-token responses, token budgets of 1x (prompt + response), 600 steps in the script
-    "fapo-32b": dict(_OFFICIAL, steps=600, max_response_len=20480, genrm_max_tokens=16384, genrm_temperature=1.0,
+    "fapo-32b": dict(_OFFICIAL, steps=600, max_response_len=20480, genrm_max_tokens=16384,
                      micro_batch_tokens=2048 + 20480, logprob_batch_tokens=2048 + 20480, fapo_lambda=1.0),
     # run_fapo_genrm_train.sh: Qwen3-4B-Instruct-2507 trained as the GenRM on FAPO-Critic
     "genrm-4b": dict(_OFFICIAL, task="genrm", steps=500, rollouts=16, temperature=1.2, max_prompt_len=5120,
@@ -57,6 +60,15 @@ PRESETS = {
 }
 
 # ---- flags ----
+
+
+def _or_unset(kind):
+    """A flag type where 'unset' (its default) reads as None: the value is left to the GenRM's server or its
+    generation_config, and --help says so rather than 'None'."""
+    def parse(text):
+        return None if text == "unset" else kind(text)
+    parse.__name__ = kind.__name__  # argparse names the type in its errors ("invalid float value")
+    return parse
 
 
 def build_parser():
@@ -107,8 +119,23 @@ def build_parser():
     g.add_argument("--genrm-model", default="", help="model name sent to the GenRM endpoint")
     g.add_argument("--fapo-lambda", default=1.0, type=float, help="flawed positives get 1 - lambda; 0 is the baseline "
                                                                   "(the GenRM still judges, so its flawed ratio is measured)")
-    g.add_argument("--genrm-temperature", default=1.0, type=float, help="GenRM decoding temperature when judging (0 = greedy)")
-    g.add_argument("--genrm-top-p", default=1.0, type=float)
+    g.add_argument("--judge-prompt", default="official", choices=["official", "critic"],
+                   help="what the GenRM is shown. official: the recipe's policy-time prompt byte for byte (the whole "
+                        "response untagged, the raw question, the ground truth as stored), what the official run's "
+                        "GenRM judged; critic: the steps tagged <paragraph_i>, FAPO-Critic's training format (the "
+                        "toy presets: the toy GenRM is trained on it). The default is official, as for every "
+                        "real-data default here: the published GenRM judged that in the paper's runs")
+    g.add_argument("--verdict-parse", default="official", choices=["official", "strict"],
+                   help="how a critique becomes a flag. official: int() of the last \\boxed{}, as the recipe reads "
+                        "it (any integer but -1 flags, 99 too; what int() refuses, '3.0', leaves it unflagged; "
+                        "never eval); strict: -1..n_steps-1 only, anything else unparseable (the toy presets). "
+                        "Either way the step log's parse_disagree counts the verdicts the other would change")
+    g.add_argument("--genrm-temperature", default="unset", type=_or_unset(float),
+                   help="GenRM decoding temperature when judging (0 = greedy); unset: not sent to a served GenRM "
+                        "(its server's default, as officially), and in process what a server would use: the "
+                        "GenRM's generation_config, else 1.0. The printed config's genrm_sampling says which")
+    g.add_argument("--genrm-top-p", default="unset", type=_or_unset(float), help="unset: as --genrm-temperature")
+    g.add_argument("--genrm-top-k", default="unset", type=_or_unset(int), help="0: off; unset: as --genrm-temperature")
     g.add_argument("--genrm-max-tokens", default=16384, type=int, help="GenRM response budget when judging")
     g.add_argument("--genrm-context-len", default=0, type=int, help="override the GenRM's max_position_embeddings; 0: keep")
     g.add_argument("--genrm-concurrency", default=32, type=int, help="requests in flight to a GenRM endpoint, per rank")
@@ -237,9 +264,12 @@ def validate(cfg):
     for name in ("lr", "sft_lr", "grad_clip", "genrm_timeout", "overlong_factor"):
         need(getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name)), f"--{name.replace('_', '-')} must be > 0")
     for name in ("top_p", "eval_top_p", "genrm_top_p"):
-        need(0 < getattr(cfg, name) <= 1, f"--{name.replace('_', '-')} must be in (0, 1]")
+        value = getattr(cfg, name)  # None (genrm_top_p unset): the GenRM's own
+        need(value is None or 0 < value <= 1, f"--{name.replace('_', '-')} must be in (0, 1]")
     need(cfg.temperature > 0, "--temperature must be > 0 for RL: the loss needs the sampling distribution")
-    need(cfg.eval_temperature >= 0 and cfg.genrm_temperature >= 0, "temperatures must be >= 0")
+    need(cfg.eval_temperature >= 0 and (cfg.genrm_temperature is None or cfg.genrm_temperature >= 0),
+         "temperatures must be >= 0")
+    need(cfg.genrm_top_k is None or cfg.genrm_top_k >= 0, "--genrm-top-k must be >= 0")
     need(0 <= cfg.fapo_lambda, f"--fapo-lambda must be >= 0, got {cfg.fapo_lambda}")
     need(cfg.rollouts >= 2 or cfg.task == "sft", "--rollouts must be >= 2: a GRPO group of one has zero advantage")
     need(0 <= cfg.sft_flawed_share <= 1 and 0 <= cfg.sft_slip_share <= 1, "--sft-*-share must be in [0, 1]")
@@ -272,6 +302,34 @@ def parse_repeats(text):
             raise SystemExit(f"config error: --eval-repeats: expected SOURCE=N, got {part!r}")
         out[key] = int(n)
     return out
+
+
+# ---- budgets and settings, once the model is known ----
+
+
+def check_budgets(cfg, context, judge=None):
+    """Every length budget against the context it must fit: a clear error, never a silent cut or skip."""
+    if cfg.max_prompt_len + cfg.max_response_len > context:
+        raise SystemExit(f"config error: --max-prompt-len {cfg.max_prompt_len} + --max-response-len "
+                         f"{cfg.max_response_len} > the model's context {context} (raise it with --context-len)")
+    if judge is not None and judge.context_len:  # the critique prompt holds the problem and the whole response
+        need = cfg.max_prompt_len + cfg.max_response_len + judge.template_tokens + cfg.genrm_max_tokens
+        if need > judge.context_len:
+            raise SystemExit(f"config error: the GenRM needs ~{need} tokens (prompt {cfg.max_prompt_len} + response "
+                             f"{cfg.max_response_len} + template {judge.template_tokens} + --genrm-max-tokens "
+                             f"{cfg.genrm_max_tokens}) > its context {judge.context_len} (--genrm-context-len, or "
+                             "smaller budgets); a longer critique prompt at run time is counted as judge_failed")
+
+
+def update_settings(cfg, pad_id, phase="rl"):
+    """grpo.UpdateSettings from the config: the loss knows nothing of argparse."""
+    n_updates = cfg.prompts_per_step // cfg.mini_batch_prompts if cfg.mini_batch_prompts else 1
+    return grpo.UpdateSettings(
+        pad_id=pad_id, temperature=cfg.temperature if phase == "rl" else 1.0, mini_batches=n_updates,
+        micro_batch=cfg.micro_batch, micro_batch_tokens=cfg.micro_batch_tokens,
+        logprob_batch_tokens=cfg.logprob_batch_tokens, loss_agg=cfg.loss_agg, clip_low=cfg.clip_low,
+        clip_high=cfg.clip_high, clip_c=cfg.clip_c, grad_clip=cfg.grad_clip, kl_coef=cfg.kl_coef,
+        kl_kind=cfg.kl_kind, max_response_len=cfg.max_response_len, tis_cap=cfg.tis_cap if phase == "rl" else 0.0)
 
 
 # ---- resume: the settings a checkpoint restores ----

@@ -10,6 +10,8 @@ Everything the rest of the project knows about data lives here, with no model in
     split_steps(text)               a solution as a list of paragraphs (the GenRM's "steps")
     encode_prompt / encode_rows     prompt token ids through the chat template; over-long rows dropped
     critic_prompt / parse_critic_prompt   the GenRM's user message (FAPO-Critic's format) and its inverse
+    official_prompt / parse_official_prompt   the official policy-time judge's message (whole response, untagged)
+    judge_prompt(fmt, ...)          the message a judge sends: 'official' or 'critic' (--judge-prompt)
     check_critic_rows / load_critic_rows  critique rows (ours or the official eval format) normalised, checked
     Task, FileTask                  what a run trains on: rows, SFT targets, an exact checker (toy.ToyTask too)
 
@@ -380,8 +382,7 @@ PROMPT_PHRASES = (CRITIC_HEAD, CRITIC_TASK, "[Math Problem]", "[Ground Truth]", 
 
 def critic_prompt(problem: str, ground_truth, steps: list[str]) -> str:
     """The user message of FAPO-Critic (identical to the 100 shared training rows): the solution's steps
-    tagged <paragraph_i>. (The official policy-time judge sends the response untagged: a departure, see
-    docs/departures.md.)"""
+    tagged <paragraph_i>. (The official policy-time judge sends the response untagged: official_prompt.)"""
     paragraphs = "\n\n".join(f"<paragraph_{i}>\n{s}\n</paragraph_{i}>" for i, s in enumerate(steps))
     return (f"{CRITIC_HEAD}\n\n[Math Problem]\n\n{problem}\n\n[Ground Truth]\n\n{ground_truth}\n\n"
             f"[AI Solution]\n\n{paragraphs}\n\n{CRITIC_TASK}")
@@ -395,6 +396,48 @@ def parse_critic_prompt(text: str) -> tuple[str, str, list[str]]:
         raise ValueError("not a GenRM prompt")
     steps = re.findall(r"<paragraph_(\d+)>\n(.*?)\n</paragraph_\1>", m.group(3), re.S)
     return m.group(1), m.group(2), [s for _, s in steps]
+
+
+# The official recipe's policy-time judge prompt (verl-recipe fapo/reward_fn_reasoning.py FAPO_GENRM_TEMPLATE, the
+# same in _remote.py and the FAPO repo): 514 characters, filled with str.format, so "{{}}" renders "{}". It is
+# not the GenRM's training prompt: "(split into steps)", "step" for "paragraph", and the response untagged.
+FAPO_GENRM_TEMPLATE = (
+    "The following is a math problem with its ground truth answer, along with an AI solution (split into steps):\n\n"
+    "[Math Problem]\n\n{problem}\n\n[Ground Truth]\n\n{ground_truth}\n\n[AI Solution]\n\n{solution}\n\n"
+    "Your task is to review and critique the solution step by step. Once you identify an error in a step, return "
+    "the index of the step where the earliest error occurs. Otherwise, return the index of -1 (which typically "
+    "denotes 'not found').\n\nPlease reason step by step, put your final answer (i.e., the index) in \\boxed{{}}."
+)
+JUDGE_PROMPTS = ("official", "critic")  # --judge-prompt
+
+
+def official_prompt(question: str, ground_truth, response: str) -> str:
+    """The official judge's user message: question raw (extra_info["question"]), ground truth as stored, the
+    whole decoded response as is (not stripped, split or tagged). One user message, no system prompt."""
+    return FAPO_GENRM_TEMPLATE.format(problem=question, ground_truth=ground_truth, solution=response)
+
+
+def parse_official_prompt(text: str) -> tuple[str, str, str]:
+    """Inverse of official_prompt: (question, ground_truth, response); ValueError if it is not one (a field
+    holding the template's own section markers reads back ambiguously: this is for test servers)."""
+    head, tail = FAPO_GENRM_TEMPLATE.split("{problem}")[0], FAPO_GENRM_TEMPLATE.split("{solution}")[1]
+    m = re.fullmatch(re.escape(head) + r"(.*?)\n\n\[Ground Truth\]\n\n(.*?)\n\n\[AI Solution\]\n\n(.*)"
+                     + re.escape(tail.replace("{{}}", "{}")), text, re.S)
+    if not m:
+        raise ValueError("not an official GenRM prompt")
+    return m.group(1), m.group(2), m.group(3)
+
+
+def judge_prompt(fmt: str, problem: str, ground_truth, steps: list[str], response: str | None) -> str:
+    """The message a judge sends about one rollout: 'official' (the whole response, untagged: what the official
+    run's GenRM saw) or 'critic' (the steps tagged, FAPO-Critic's training format)."""
+    if fmt == "critic":
+        return critic_prompt(problem, ground_truth, steps)
+    if fmt != "official":
+        raise ValueError(f"judge prompt must be one of {JUDGE_PROMPTS}, got {fmt!r}")
+    if response is None:  # the steps cannot be joined back byte for byte
+        raise ValueError("the official judge prompt shows the whole response: pass responses")
+    return official_prompt(problem, ground_truth, response)
 
 
 _INT = re.compile(r"[+-]?[0-9]+")  # ASCII digits only: int() would also take "٣"
@@ -448,7 +491,8 @@ class Task:
     """What train.py asks of a task: its rows, the cold start's targets, and an exact checker if it has one.
 
     kind: "policy" (problems to solve: --task rl / sft) or "critic" (critique rows: --task genrm).
-    A task of your own is a subclass (toy.ToyTask is the built-in one); train.py has no other branch on it.
+    A task of your own is a subclass (toy.ToyTask is the built-in one), picked in train.make_task; nothing else
+    in train.py branches on the task.
     """
     checker = None  # fn(problem, ground_truth, steps) -> (first wrong step or -1, critique text), or None
 

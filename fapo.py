@@ -15,7 +15,8 @@ self-scheduling. lambda = 0 is the RLVR baseline.
     rollout_reward(correct, first_error, ...)   the one place a verdict becomes a reward (fork here)
     request_verdicts(...)                       the one place that decides who is judged: the correct rollouts
     score_rollouts(...)                         a batch: verify all, judge the correct ones, count
-    rollout_metrics, pass_at_k                  rates for logging and evaluation
+    rollout_metrics, rollout_shape, pass_at_k   rates and sums for logging and evaluation
+    check_verdicts(counts, step)                a GenRM that answers nothing stops the run
 """
 import math
 from dataclasses import dataclass, field
@@ -91,8 +92,9 @@ def request_verdicts(responses, ground_truths, problems, judge: Judge | None) ->
     whatever its steps). Returns at once when the judge works in the background (a served GenRM)."""
     correct = [verify(r, gt)[0] for r, gt in zip(responses, ground_truths)]
     judged = [i for i in range(len(responses)) if correct[i]] if judge is not None else []
-    steps = [split_steps(responses[i]) for i in judged]
-    pending = [judge.submit([problems[i] for i in judged], [ground_truths[i] for i in judged], steps)] if judged else []
+    steps = [split_steps(responses[i]) for i in judged]  # n_steps for the reward and the log, whatever the prompt
+    pending = [judge.submit([problems[i] for i in judged], [ground_truths[i] for i in judged], steps,
+                            responses=[responses[i] for i in judged])] if judged else []
     return Judging(correct, judged, steps, pending)
 
 
@@ -136,10 +138,38 @@ def rollout_metrics(c: dict) -> dict:
     """Rates from (summed) score_rollouts counts: accuracy, flawed ratio = flagged / correct, ..."""
     m = {"acc": c["correct"] / max(c["n"], 1), "flawed_ratio": c["flagged"] / max(c["correct"], 1),
          "unparseable": c["unparseable"] / max(c["judged"], 1), "judge_failed": c["judge_failed"] / max(c["judged"], 1)}
+    if "parse_disagree" in c:  # verdicts the other --verdict-parse would read differently
+        m["parse_disagree"] = c["parse_disagree"] / max(c["judged"], 1)
     if "agree" in c:
         m.update(oracle_flawed_ratio=c["oracle_flagged"] / max(c["correct"], 1),
                  judge_agreement=c["agree"] / max(c["judged"], 1))
     return m
+
+
+def rollout_shape(scores, lengths, group):
+    """Sums for the step's log: groups whose rewards are all equal, and response lengths of correct, wrong and
+    flawed (correct but flagged) rollouts."""
+    n = len(scores.rewards) // group
+    zero_var = sum(len(set(scores.rewards[g * group:(g + 1) * group])) == 1 for g in range(n))
+    flawed = [bool(c and f) for c, f in zip(scores.correct, scores.flagged)]
+    kinds = {"correct": scores.correct, "wrong": [not c for c in scores.correct], "flawed": flawed}
+    out = {"zero_var": float(zero_var), "groups": float(n)}
+    for kind, mask in kinds.items():
+        out[f"len_{kind}"] = float(sum(L for L, m in zip(lengths, mask) if m))
+        out[f"n_{kind}"] = float(sum(mask))
+    return out
+
+
+def check_verdicts(tot, step) -> str | None:
+    """A GenRM that answers nothing must not turn FAPO into a silent baseline: raises when every verdict of
+    the step failed; returns a warning when most were unparseable (they count as clean). tot: summed counts."""
+    if tot["judged"] and tot["judge_failed"] == tot["judged"]:
+        raise RuntimeError(f"step {step + 1}: every one of {int(tot['judged'])} GenRM requests failed (no verdict); "
+                           "stopping rather than training on the baseline reward. Is the GenRM up?")
+    if tot["judged"] >= 8 and tot["unparseable"] > tot["judged"] / 2:
+        return (f"warning: step {step + 1}: {int(tot['unparseable'])} of {int(tot['judged'])} GenRM verdicts were "
+                "unparseable (no \\boxed{index}); they count as clean")
+    return None
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

@@ -1,7 +1,8 @@
 """genrm.py -- the generative reward model (GenRM): its verdict, its reward, its metrics, and the judges.
 
-The GenRM reads a problem, the ground-truth answer and a solution split into tagged paragraphs
-(data.critic_prompt), reasons, and puts the index of the first wrong paragraph (or -1 for "no error") in
+The GenRM reads a problem, the ground-truth answer and a solution (--judge-prompt: the whole response untagged,
+as the official run sends it, data.official_prompt; or split into tagged paragraphs, FAPO-Critic's training
+format, data.critic_prompt), reasons, and puts the index of the first wrong step (or -1 for "no error") in
 \\boxed{}. FAPO uses it to flag flawed positives; it is itself trained with GRPO on the stepwise reward
 (paper, FAPO-Critic):
 
@@ -12,13 +13,16 @@ The GenRM reads a problem, the ground-truth answer and a solution split into tag
 i.e. outcome +1/-1 plus process -|t - t*|/n when both say flawed.
 
     parse_index(text, n_steps)                  strict: -1 or 0..n-1 from the last \\boxed{}, else None
-    genrm_reward(pred, target, n_steps)         the reward above; critic_rewards: a batch of GenRM rollouts
-    critic_metrics(preds, labels, ...)          ProcessBench and FlawedPositiveBench numbers
+    parse_official(text)                        the recipe's: int() of the last \\boxed{}, no range check
+    vote(texts, n_steps, how)                   one verdict from k critiques (official: raw-string majority)
+    genrm_reward(pred, target, n_steps)         the reward above; critic_rewards: a batch (last 300 characters)
+    critic_metrics(preds, labels, ...)          ProcessBench and FlawedPositiveBench numbers, ours (pooled)
+    official_metrics(sources, labels, ...)      the official evaluation script's table, group by group
     Verdict, Pending, Judge                     a judge's answer; verdicts on their way; the one judge interface
     ModelJudge, ServedJudge, CheckerJudge, AuditedJudge   in-process model, HTTP endpoint, exact checker, audit
     FunctionJudge, as_judge                     a plain function as a judge
     make_judge(spec, ...)                       'none' | 'oracle' | a model dir | http://HOST:PORT/v1 -> a Judge
-    evaluate_rows, report                       a judge over critique rows, labelled as the official script
+    evaluate_rows, report                       a judge over critique rows: the official table beside ours
 
 Evaluate a GenRM on critique rows (FAPO-Critic / ProcessBench rows, ours or the official eval format with
 extra_info.raw_info.{label, final_answer_correct}; or 512 toy rows):
@@ -29,13 +33,14 @@ extra_info.raw_info.{label, final_answer_correct}; or 512 toy rows):
 """
 import contextlib
 import json
+import math
 import re
 from dataclasses import dataclass
 
 import torch
 
-from data import Row, as_messages, check_critic_rows, critic_prompt, encode_prompt, last_boxed, load_critic_rows
-from data import parse_critic_prompt
+from data import Row, as_messages, check_critic_rows, encode_prompt, judge_prompt, last_boxed, load_critic_rows
+from data import JUDGE_PROMPTS, parse_critic_prompt
 from infra import fsdp
 from infra.genrm_client import ChatClient
 from sampler import generate
@@ -63,6 +68,47 @@ def parse_index(text: str, n_steps: int) -> int | None:
     return k if k == -1 or 0 <= k < n_steps else None
 
 
+VERDICT_PARSES = ("official", "strict")  # --verdict-parse
+
+
+def parse_official(text: str) -> int | None:
+    """The official recipe's policy-time reading (reward_fn_reasoning.py): int() of the last \\boxed{} of the
+    whole critique, no range check (99 and -5 flag); None where int() raises ("3.0", "1+2", "", no box),
+    which the recipe leaves unflagged (+1, as clean). int() parses text, it runs nothing; past 4300 digits
+    it raises too. (The remote recipe and the FAPO repo use int(eval(box)): never here.)"""
+    box = last_boxed(text)
+    if box is None:
+        return None
+    try:
+        return int(box)
+    except ValueError:
+        return None
+
+
+def official_vote(answers: list) -> str | None:
+    """Counter(answers).most_common(1) over raw strings, as the official eval script votes: None is no vote,
+    "3" and "03" differ, and among tied counts the string seen first wins."""
+    counts = {}
+    for a in answers:
+        if a is not None:
+            counts[a] = counts.get(a, 0) + 1
+    return max(counts, key=counts.get) if counts else None  # max keeps the first of equal counts
+
+
+def vote(texts: list[str], n_steps: int, how: str = "strict") -> tuple[int | None, str]:
+    """(index, the critique it came from) from k critiques of one solution. official: the stripped box strings
+    voted (official_vote), then parse_official of the winner (a winning "3.0" gives None even if "2" had
+    votes); strict: majority_vote of parse_index (ties: the smallest index)."""
+    if how == "official":
+        boxes = [b.strip() if (b := last_boxed(t)) is not None else None for t in texts]
+        win = official_vote(boxes)
+        text = texts[boxes.index(win)] if win is not None else texts[0]
+        return (parse_official(text) if win is not None else None), text
+    indices = [parse_index(t, n_steps) for t in texts]
+    index = majority_vote(indices)
+    return index, texts[indices.index(index)] if index in indices else texts[0]
+
+
 # ---- reward ----
 
 
@@ -83,15 +129,19 @@ def genrm_reward(pred: int | None, target: int, n_steps: int) -> float:
     return outcome + process
 
 
-def critic_rewards(rows: list[Row], texts: list[str]) -> tuple[list, dict, list]:
+REWARD_WINDOW = 300  # the official GenRM reward reads text[-300:] (as the rule verifier does)
+
+
+def critic_rewards(rows: list[Row], texts: list[str], window: int | None = REWARD_WINDOW) -> tuple[list, dict, list]:
     """GenRM rollouts scored against their rows (label = ground_truth, n = extra_info.total_steps):
     the rewards, sums for logging (outcome, process, verdicts right, parse failures, |t - t*|), and
-    the parsed verdicts."""
+    the parsed verdicts. As officially, only the last `window` characters are read (a box further back, or
+    one the window cuts, is no verdict); window=None: the whole text."""
     preds, rewards, sums = [], [], {"n": len(rows), "outcome": 0.0, "process": 0.0, "verdict_right": 0, "parse_fail": 0,
                                     "loc_err": 0.0, "both_flawed": 0}
     for r, t in zip(rows, texts):
         n = r.extra_info["total_steps"]
-        pred = parse_index(t, n)
+        pred = parse_index(t[-window:] if window else t, n)
         preds.append(pred)
         outcome, process = genrm_reward_parts(pred, r.ground_truth, n)
         rewards.append(outcome + process)
@@ -179,6 +229,68 @@ def majority_vote(indices: list) -> int | None:
     return min(set(valid), key=lambda i: (-valid.count(i), i))
 
 
+# ---- the official evaluation script's table (FAPO repo fapo/fapo_genrm/evaluate_genrm.py) ----
+
+OFFICIAL_SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")  # the script's order, matched by endswith
+
+
+def _mean(flags) -> float:
+    flags = list(flags)
+    return sum(flags) / len(flags) if flags else math.nan  # np.mean of nothing: nan (the script warns, goes on)
+
+
+def _hmean(a: float, b: float) -> float:
+    return 2 * a * b / (a + b) if a + b else math.nan  # numpy's 0/0; a nan input stays nan
+
+
+def _div(a, b) -> float:
+    return a / b if b else math.nan  # where the script divides Python numbers by 0 it stops: nan here
+
+
+def official_metrics(sources, labels, final_correct, preds) -> dict:
+    """The script's metrics, one dict per group: data_source.split("/")[0], in first-seen order. A group whose
+    name holds "PRM" gets the step metrics (official_group); any other the script's outcome branch."""
+    groups = {}
+    for row in zip(sources, labels, final_correct, preds):
+        groups.setdefault(row[0].split("/")[0], []).append(row)
+    return {name: (official_group if "PRM" in name else _outcome_group)(rows) for name, rows in groups.items()}
+
+
+def official_group(rows) -> dict:
+    """One PRM group, rows (data_source, label, final_correct, pred): ProcessBench pooled over the group
+    (None counts as flagged, not located); per subset of OFFICIAL_SUBSETS by data_source.endswith -- so
+    omnimath rows are in math too -- its f1; avg_f1 = the mean of those 4 (nan if one is: a subset without
+    rows); FlawedPositiveBench on the rows with a right final answer."""
+    err = [(d, l, p) for d, l, _, p in rows if l != -1]
+    cor = [(d, p) for d, l, _, p in rows if l == -1]
+    out = {"count": len(rows), "err_acc": _mean(p != -1 for *_, p in err),
+           "err_loc_acc": _mean(p == l for _, l, p in err), "corr_acc": _mean(p == -1 for _, p in cor)}
+    out["pb_f1"] = _hmean(out["err_loc_acc"], out["corr_acc"])
+    for sub in OFFICIAL_SUBSETS:
+        out[f"{sub}_f1"] = _hmean(_mean(p == l for d, l, p in err if d.endswith(sub)),
+                                  _mean(p == -1 for d, p in cor if d.endswith(sub)))
+    out["avg_f1"] = sum(out[f"{sub}_f1"] for sub in OFFICIAL_SUBSETS) / len(OFFICIAL_SUBSETS)
+    pos = [(l, p) for _, l, c, p in rows if c]
+    return {**out, **_official_fpb([p != -1 for _, p in pos], [l != -1 for l, _ in pos],
+                                   _mean((p == -1) == (l == -1) for l, p in pos))}
+
+
+def _outcome_group(rows) -> dict:
+    """The script's branch for a group without "PRM" in its name: a verdict 0 says wrong, 1 says right."""
+    err, cor = [p for _, l, _, p in rows if l != -1], [p for _, l, _, p in rows if l == -1]
+    pos = [(l, p) for _, l, c, p in rows if c]
+    out = {"count": len(rows), "err_acc": _mean(p == 0 for p in err), "corr_acc": _mean(p == 1 for p in cor)}
+    return {**out, **_official_fpb([p == 0 for _, p in pos], [l != -1 for l, _ in pos],
+                                   _mean((p == 1) == (l == -1) for l, p in pos))}
+
+
+def _official_fpb(flag, truth, acc) -> dict:
+    tp = sum(f and t for f, t in zip(flag, truth))
+    precision, recall = _div(tp, sum(flag)), _div(tp, sum(truth))
+    f1 = math.nan if math.isnan(precision + recall) else _div(2 * precision * recall, precision + recall)
+    return {"fp_precision": precision, "fp_recall": recall, "fp_f1": f1, "fp_acc": acc}
+
+
 # ---- judges: one interface, four kinds ----
 
 
@@ -213,8 +325,13 @@ class Pending:
 class Judge:
     """FAPO's judge. Every judge answers two questions, the second through the first's prompt:
 
-        judge.submit(problems, ground_truths, step_lists) -> Pending   (FAPO: policy rollouts, split into steps)
-        judge.judge_prompts(prompts, n_steps) -> [Verdict]            (evaluation: ready-made critique rows)
+        judge.submit(problems, ground_truths, step_lists, responses) -> Pending   (FAPO: policy rollouts)
+        judge.judge_prompts(prompts, n_steps) -> [Verdict]     (evaluation: ready-made critique rows)
+
+    A GenRM's prompt is data.judge_prompt(prompt_format, ...): 'official' shows the whole response (responses:
+    the decoded texts; step_lists still give n_steps), 'critic' the tagged steps. Its critique is read with
+    verdict_parse ('official': parse_official, 'strict': parse_index) by read(), which also counts, per step,
+    the verdicts the two parsers disagree on (take_counts: parse_disagree).
 
     `judge(...)` is submit(...).result(). A judge whose submit returns before the verdicts exist (a served
     GenRM: background = True) lets train.py judge one wave of rollouts while the next decodes. ready()
@@ -226,20 +343,38 @@ class Judge:
     votes = 1           # samples per verdict
     context_len = None  # the GenRM's context, for the start-up budget check (models only)
     template_tokens = 0  # tokens of the critique prompt around the solution (models only)
+    sampling = {}       # a sampling GenRM's decoding values, each with where it came from (the printed config)
 
-    def __init__(self):
+    def __init__(self, prompt_format="critic", verdict_parse="strict"):
+        if prompt_format not in JUDGE_PROMPTS or verdict_parse not in VERDICT_PARSES:
+            raise ValueError(f"prompt_format in {JUDGE_PROMPTS}, verdict_parse in {VERDICT_PARSES}; got "
+                             f"{prompt_format!r}, {verdict_parse!r}")
+        self.prompt_format, self.verdict_parse = prompt_format, verdict_parse
         self.response_tokens = 0  # critique tokens decoded, for cost accounting
+        self.counts = {}          # per-step counters, handed over (and reset) by take_counts
 
     def judge_prompts(self, prompts, n_steps) -> list[Verdict]:
         raise NotImplementedError
 
-    def submit(self, problems, ground_truths, step_lists) -> Pending:
-        prompts = [critic_prompt(p, g, s) for p, g, s in zip(problems, ground_truths, step_lists)]
-        verdicts = self.judge_prompts(prompts, [len(s) for s in step_lists])
+    def prompts(self, problems, ground_truths, step_lists, responses=None) -> list[str]:
+        responses = [None] * len(problems) if responses is None else responses
+        return [judge_prompt(self.prompt_format, p, g, s, r)
+                for p, g, s, r in zip(problems, ground_truths, step_lists, responses)]
+
+    def read(self, texts: list[str], n_steps: int) -> tuple[int | None, str]:
+        """vote(texts, ...) with this judge's parser; counts a disagreement of the other parser's verdict."""
+        index, text = vote(texts, n_steps, self.verdict_parse)
+        other = vote(texts, n_steps, "strict" if self.verdict_parse == "official" else "official")[0]
+        self.counts["parse_disagree"] = self.counts.get("parse_disagree", 0) + (index != other)
+        return index, text
+
+    def submit(self, problems, ground_truths, step_lists, responses=None) -> Pending:
+        verdicts = self.judge_prompts(self.prompts(problems, ground_truths, step_lists, responses),
+                                      [len(s) for s in step_lists])
         return Pending(lambda: verdicts)
 
-    def __call__(self, problems, ground_truths, step_lists) -> list[Verdict]:
-        return self.submit(problems, ground_truths, step_lists).result()
+    def __call__(self, problems, ground_truths, step_lists, responses=None) -> list[Verdict]:
+        return self.submit(problems, ground_truths, step_lists, responses).result()
 
     def ready(self):
         return contextlib.nullcontext(self)
@@ -248,31 +383,56 @@ class Judge:
         pass
 
     def take_counts(self) -> dict:
-        return {}
+        counts = getattr(self, "counts", {})  # a forker's subclass may not call Judge.__init__
+        self.counts = dict.fromkeys(counts, 0)  # the same keys every step: ranks sum them in one all-reduce
+        return counts
 
     def close(self) -> None:
         pass
 
 
+ENGINE_DEFAULTS = {"temperature": 1.0, "top_p": 1.0, "top_k": 0}  # vLLM's / SGLang's when nothing sets one
+
+
+def model_sampling(generation_config, **given) -> tuple[dict, dict]:
+    """(values, shown): each of temperature / top_p / top_k as given, else as a serving engine would pick it
+    for this model (vLLM --generation-config auto, SGLang's model defaults): the value the GenRM's
+    generation_config sets (to_diff_dict: fields it sets away from transformers' defaults), else the engine's
+    (ENGINE_DEFAULTS). do_sample is ignored, as the engines ignore it: the official runs served the GenRM."""
+    diff = generation_config.to_diff_dict() if generation_config is not None else {}
+    values, shown = {}, {}
+    for k, v in given.items():
+        src = "set" if v is not None else "generation_config" if diff.get(k) is not None else "engine default"
+        values[k] = v if v is not None else diff.get(k) if diff.get(k) is not None else ENGINE_DEFAULTS[k]
+        shown[k] = f"{values[k]} ({src})"
+    return values, shown
+
+
 class ModelJudge(Judge):
     """A transformers GenRM in this process (FSDP-sharded under the trainer, gathered for each step).
 
-    Each solution is shown in the training format (critic_prompt, chat template), decoded with the
-    sampler; `votes` > 1 samples k verdicts and takes the majority. A prompt that does not fit the
-    model's context gets Verdict(None, error="too long"), counted apart by fapo.score_rollouts.
+    Each solution is shown in prompt_format (chat template), decoded with the sampler; `votes` > 1 samples k
+    verdicts and votes (vote). temperature / top_p / top_k None: as a server would decode this model
+    (model_sampling: its generation_config, else 1.0 / 1.0 / off); `sampling` says which. A prompt that
+    does not fit the model's context gets Verdict(None, error="too long"), counted apart by fapo.score_rollouts.
     """
 
     def __init__(self, model, tokenizer, max_new_tokens=1024, temperature=0.0, top_p=1.0, votes=1, seed=0,
-                 device="cpu", eos_ids=None, context_len=None, max_tokens_in_flight=None):
-        super().__init__()
+                 device="cpu", eos_ids=None, context_len=None, max_tokens_in_flight=None, top_k=0,
+                 prompt_format="critic", verdict_parse="strict"):
+        super().__init__(prompt_format, verdict_parse)
         self.model, self.tok, self.votes, self.device = model, tokenizer, votes, device
-        self.kw = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        values, self.sampling = model_sampling(getattr(model, "generation_config", None), temperature=temperature,
+                                               top_p=top_p, top_k=top_k)
+        self.counts = {"parse_disagree": 0}
+        self.kw = dict(max_new_tokens=max_new_tokens, **values,
                        eos_token_id=eos_ids if eos_ids is not None else tokenizer.eos_token_id,
                        pad_token_id=tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id,
                        max_tokens_in_flight=max_tokens_in_flight)
         self.context_len = context_len or getattr(model.config, "max_position_embeddings", None) or 10**9
         self.kw["context_len"] = self.context_len
-        self.template_tokens = len(encode_prompt(tokenizer, critic_prompt("", "", [""]))) + 16  # + the answer
+        empty = judge_prompt(prompt_format, "", "", [""], "")
+        self.template_tokens = len(encode_prompt(tokenizer, empty)) + 16  # + the answer
         self.reseed(seed)
 
     def reseed(self, seed):
@@ -291,9 +451,7 @@ class ModelJudge(Judge):
         out = [Verdict(None, error=f"prompt + max new tokens > context {self.context_len}") for _ in prompts]
         for j, i in enumerate(ok):
             texts = [self.tok.decode(c.tokens, skip_special_tokens=True) for c in comps[j * self.votes:(j + 1) * self.votes]]
-            votes = [parse_index(t, n_steps[i]) for t in texts]
-            index = majority_vote(votes)
-            out[i] = Verdict(index, texts[votes.index(index)] if index in votes else texts[0])
+            out[i] = Verdict(*self.read(texts, n_steps[i]))
         return out
 
 
@@ -306,15 +464,21 @@ def _gathered_judge(judge):
 class ServedJudge(Judge):
     """A GenRM behind an OpenAI-compatible endpoint (`vllm serve`, SGLang): one chat completion per solution,
     sent by infra/genrm_client.py (timeouts, bounded retries, failures counted by kind in `failures`).
-    The verdict is parse_index of choices[0].message.content; a request that still fails is
-    Verdict(None, error=...), judge_failed for fapo, never a flag."""
+    The verdict is read() of choices[0].message.content; a request that still fails is
+    Verdict(None, error=...), judge_failed for fapo, never a flag. Only the sampling fields given (not
+    None) are sent: the official requests carry max_tokens alone, so the server's defaults apply."""
     background = True
 
     def __init__(self, base_url, model, max_tokens, temperature=0.0, top_p=1.0, concurrency=32, timeout=60.0,
-                 retries=2, backoff=0.5):
-        super().__init__()
-        self.client = ChatClient(base_url, model, {"max_tokens": max_tokens, "temperature": temperature,
-                                                   "top_p": top_p}, concurrency, timeout, retries, backoff)
+                 retries=2, backoff=0.5, top_k=None, prompt_format="critic", verdict_parse="strict"):
+        super().__init__(prompt_format, verdict_parse)
+        given = {"temperature": temperature, "top_p": top_p, "top_k": top_k}
+        sent = {k: v for k, v in given.items() if v is not None}
+        self.sampling = {k: f"{v} (sent)" if v is not None else "the server's default (not sent)"
+                         for k, v in given.items()}
+        self.counts = {"parse_disagree": 0}
+        self.client = ChatClient(base_url, model, {"max_tokens": max_tokens, **sent}, concurrency, timeout, retries,
+                                 backoff)
 
     def __repr__(self):
         return f"ServedJudge({self.client!r})"
@@ -327,9 +491,9 @@ class ServedJudge(Judge):
     def retried(self) -> int:
         return self.client.retried
 
-    def submit(self, problems, ground_truths, step_lists) -> Pending:
-        prompts = [critic_prompt(p, g, s) for p, g, s in zip(problems, ground_truths, step_lists)]
-        return self.submit_prompts(prompts, [len(s) for s in step_lists])
+    def submit(self, problems, ground_truths, step_lists, responses=None) -> Pending:
+        return self.submit_prompts(self.prompts(problems, ground_truths, step_lists, responses),
+                                   [len(s) for s in step_lists])
 
     def submit_prompts(self, prompts, n_steps) -> Pending:
         """Send the requests and return at once."""
@@ -338,7 +502,7 @@ class ServedJudge(Judge):
         def verdicts():
             replies = call.result()
             self.response_tokens = self.client.response_tokens
-            return [Verdict(None, error=r.error) if r.error else Verdict(parse_index(r.content, n), r.content)
+            return [Verdict(None, error=r.error) if r.error else Verdict(*self.read([r.content], n))
                     for r, n in zip(replies, n_steps)]
         return Pending(verdicts, call.done)
 
@@ -364,7 +528,7 @@ class CheckerJudge(Judge):
         super().__init__()
         self.check = check
 
-    def submit(self, problems, ground_truths, step_lists) -> Pending:
+    def submit(self, problems, ground_truths, step_lists, responses=None) -> Pending:
         verdicts = [self._verdict(p, g, s) for p, g, s in zip(problems, ground_truths, step_lists)]
         return Pending(lambda: verdicts)
 
@@ -396,6 +560,7 @@ class AuditedJudge(Judge):
         self.judge, self.reference = as_judge(judge), reference
         inner = self.judge
         self.background, self.context_len, self.template_tokens = inner.background, inner.context_len, inner.template_tokens
+        self.sampling = inner.sampling
         self.counts = {"oracle_flagged": 0, "agree": 0}
 
     @contextlib.contextmanager
@@ -406,8 +571,9 @@ class AuditedJudge(Judge):
     def reseed(self, seed):
         self.judge.reseed(seed)
 
-    def submit(self, problems, ground_truths, step_lists) -> Pending:
-        pending, truth = self.judge.submit(problems, ground_truths, step_lists), self.reference(problems, ground_truths, step_lists)
+    def submit(self, problems, ground_truths, step_lists, responses=None) -> Pending:
+        pending = self.judge.submit(problems, ground_truths, step_lists, responses)
+        truth = self.reference(problems, ground_truths, step_lists)
 
         def audited():
             verdicts = pending.result()
@@ -423,20 +589,21 @@ class AuditedJudge(Judge):
 
     def take_counts(self):
         counts, self.counts = self.counts, {k: 0 for k in self.counts}
-        return counts
+        return {**self.judge.take_counts(), **counts}
 
     def close(self):
         self.judge.close()
 
 
 class FunctionJudge(Judge):
-    """A plain function as a judge: fn(problems, ground_truths, step_lists) -> [Verdict | int | None]."""
+    """A plain function as a judge: fn(problems, ground_truths, step_lists) -> [Verdict | int | None]
+    (it sees the steps, not the responses)."""
 
     def __init__(self, fn):
         super().__init__()
         self.fn = fn
 
-    def submit(self, problems, ground_truths, step_lists) -> Pending:
+    def submit(self, problems, ground_truths, step_lists, responses=None) -> Pending:
         verdicts = self.fn(problems, ground_truths, step_lists)
         return Pending(lambda: verdicts)
 
@@ -451,12 +618,14 @@ def ready(judge: Judge | None):
     return judge.ready() if judge is not None else contextlib.nullcontext(None)
 
 
-def make_judge(spec: str, *, checker=None, world=None, dtype=torch.float32, max_tokens=1024, temperature=0.0,
-               top_p=1.0, votes=1, seed=0, context_len=0, max_tokens_in_flight=None, served_model="genrm",
-               concurrency=32, timeout=300.0, retries=2) -> Judge | None:
+def make_judge(spec: str, *, checker=None, world=None, dtype=torch.float32, max_tokens=1024, temperature=None,
+               top_p=None, top_k=None, votes=1, seed=0, context_len=0, max_tokens_in_flight=None, served_model="genrm",
+               concurrency=32, timeout=300.0, retries=2, prompt_format="official",
+               verdict_parse="official") -> Judge | None:
     """The judge a --genrm value names: 'none' (None: nobody is judged, the baseline), 'oracle' (the task's
     exact checker), http(s)://HOST:PORT/v1 (a served GenRM), or a local model directory (loaded sharded on
-    the meta device, frozen: FAPO does not train the GenRM it judges with)."""
+    the meta device, frozen: FAPO does not train the GenRM it judges with). Sampling left None is the
+    server's default (not sent), or in process what a server would use (model_sampling)."""
     if spec == "none":
         return None
     if spec == "oracle":
@@ -465,7 +634,8 @@ def make_judge(spec: str, *, checker=None, world=None, dtype=torch.float32, max_
         return CheckerJudge(checker)
     if spec.startswith(("http://", "https://")):
         return ServedJudge(spec, served_model, max_tokens, temperature, top_p, concurrency=concurrency,
-                           timeout=timeout, retries=retries)
+                           timeout=timeout, retries=retries, top_k=top_k, prompt_format=prompt_format,
+                           verdict_parse=verdict_parse)
     from transformers import AutoConfig, AutoTokenizer
     world = world or fsdp.World()
     tok = AutoTokenizer.from_pretrained(spec)
@@ -474,9 +644,10 @@ def make_judge(spec: str, *, checker=None, world=None, dtype=torch.float32, max_
         m.config, "max_position_embeddings", context)).eval().requires_grad_(False)
     gen = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
     eos = sorted({tok.eos_token_id} | set(gen if isinstance(gen, list) else [gen]) - {None})
-    return ModelJudge(model, tok, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, votes=votes,
-                      seed=seed, device=world.device, eos_ids=eos, context_len=context,
-                      max_tokens_in_flight=max_tokens_in_flight)
+    return ModelJudge(model, tok, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
+                      votes=votes, seed=seed, device=world.device, eos_ids=eos, context_len=context,
+                      max_tokens_in_flight=max_tokens_in_flight, prompt_format=prompt_format,
+                      verdict_parse=verdict_parse)
 
 
 # ---- evaluation on critique rows ----
@@ -495,27 +666,45 @@ def rows_metrics(rows: list[Row], verdicts: list[Verdict]) -> dict:
 
 
 def evaluate_rows(judge: Judge, rows: list[Row]) -> dict:
-    """rows_metrics of a judge over critique rows (checked first), with its mean critique length."""
+    """rows_metrics of a judge over critique rows (checked first), with its mean critique length, and under
+    "official" the official script's table of the same verdicts (official_metrics, group by group)."""
     check_critic_rows(rows, "<rows>")
     verdicts = [as_verdict(v) for v in judge.judge_prompts([r.prompt for r in rows],
                                                             [r.extra_info["total_steps"] for r in rows])]
     m = rows_metrics(rows, verdicts)
     m["avg_response_tokens"] = judge.response_tokens / max(len(rows) * judge.votes, 1)
+    m["official"] = official_metrics([r.data_source for r in rows], [r.ground_truth for r in rows],
+                                     [r.extra_info.get("final_answer_correct", True) for r in rows],
+                                     [v.index for v in verdicts])
     return m
 
 
+_OFFICIAL_LINES = [("Err (PB)", "err_acc"), ("Err_Loc (PB)", "err_loc_acc"), ("Corr (PB)", "corr_acc"),
+                   ("F1 (PB), pooled over the group", "pb_f1")]
+_OFFICIAL_LINES += [(f"  {s} f1 (data_source.endswith)", f"{s}_f1") for s in OFFICIAL_SUBSETS]
+_OFFICIAL_LINES += [("avg f1 (mean of the 4 subset f1s)", "avg_f1"), ("Precision (FPB)", "fp_precision"),
+                    ("Recall (FPB)", "fp_recall"), ("F1 (FPB)", "fp_f1"), ("Acc (FPB)", "fp_acc")]
+
+
 def report(m: dict) -> str:
-    """evaluate_rows' metrics, labelled as the official script labels them (pooled F1 (PB), per-subset f1,
-    avg f1, the FlawedPositiveBench numbers)."""
+    """evaluate_rows' metrics: the official script's table per group (official_metrics; its labels), then
+    ours: ProcessBench pooled over all rows, each row in one subset (pb_subset), FlawedPositiveBench, and
+    what the official script does not count (unparseable answers, failed requests, critique length)."""
+    out = []
+    for name, g in m.get("official", {}).items():
+        kind = "step verdicts" if "PRM" in name else "no 'PRM' in the name: scored as outcome verdicts (0/1)"
+        out.append(f"official script, group {name!r} ({g['count']} rows, {kind}):")
+        out += [f"  {label:<46}{g[k]:.4f}" for label, k in _OFFICIAL_LINES if g.get(k) is not None]
     subsets = sorted(k[:-len("/pb_f1")] for k in m if k.endswith("/pb_f1"))
-    lines = [("Err (PB)", "err_acc"), ("Err_Loc (PB)", "err_loc_acc"), ("Corr (PB)", "corr_acc"),
-             (f"F1 (PB), pooled over {m['n_err'] + m['n_corr']} rows", "pb_f1")]
+    lines = [(f"F1 (PB), pooled over {m['n_err'] + m['n_corr']} rows", "pb_f1")]
     lines += [(f"  {s} f1 ({m[s + '/n_err']} err + {m[s + '/n_corr']} clean rows)", f"{s}/pb_f1") for s in subsets]
-    lines += [("avg f1 (mean of the subset f1s)", "avg_f1"), ("Precision (FPB)", "fp_precision"),
+    lines += [("avg f1 (mean of these subset f1s)", "avg_f1"), ("Precision (FPB)", "fp_precision"),
               ("Recall (FPB)", "fp_recall"), (f"F1 (FPB), {m['n_fp']} rows", "fp_f1"), ("Acc (FPB)", "fp_acc"),
               ("unparseable", "unparseable"), ("judge failed (no answer)", "judge_failed"),
               ("avg response tokens", "avg_response_tokens")]
-    return "\n".join(f"{label:<44}{m[k]:.4f}" for label, k in lines if k in m)
+    out.append("ours (every row once; each in one subset, omnimath apart from math):")
+    out += [f"  {label:<46}{m[k]:.4f}" for label, k in lines if k in m]
+    return "\n".join(out)
 
 
 def main(argv=None):
@@ -529,6 +718,10 @@ def main(argv=None):
     ap.add_argument("--votes", type=int, default=1, help="k samples per row, majority vote (local model only)")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (paper's GenRM val: 0.6, top-p 0.95)")
     ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--verdict-parse", default="official", choices=VERDICT_PARSES, help="official: int() of the "
+                    "last box, no range check, votes over the raw box strings (first seen wins a tie), as the "
+                    "official script (which int(eval())s the winner: never here); strict: -1..n-1 only, ties to "
+                    "the smallest index")
     ap.add_argument("--max-new-tokens", type=int, default=1024)
     ap.add_argument("--max-tokens-in-flight", type=int, default=16384, help="local model: memory cap, rows x (prompt "
                     "+ new tokens) decoded at once (the KV cache and the prefill grow with it; the default kept a 41M "
@@ -554,10 +747,12 @@ def main(argv=None):
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
     judge = make_judge(args.model, checker=checker, dtype=dtype, max_tokens=args.max_new_tokens, temperature=args.temperature,
                        top_p=args.top_p, votes=args.votes, seed=args.seed, served_model=args.genrm_model,
-                       concurrency=args.concurrency, timeout=args.timeout,
+                       concurrency=args.concurrency, timeout=args.timeout, verdict_parse=args.verdict_parse,
                        max_tokens_in_flight=args.max_tokens_in_flight or None)
     with judge.ready():
         m = evaluate_rows(judge, rows[: args.limit or None])
+    if judge.sampling:
+        print("sampling: " + ", ".join(f"{k} {v}" for k, v in judge.sampling.items()))
     print(report(m))
     if remote:  # transport failures, apart from unparseable answers: they are the service's, not the GenRM's
         judge.close()

@@ -24,7 +24,7 @@ Two loops do step 4 and give the same samples (logprobs equal to float rounding)
          buffers with the model between calls (`fastdecode.FAST_STATES.pop(model)` frees them).
          Models whose cache cannot be static (sliding windows, ...) warn and run eager.
 Both loops start from the same prefilled wave (start_wave) and pick tokens with the same pick_next_tokens.
-  fast=None (the default) is fast on CUDA and eager elsewhere (the README's sampler benchmark says why).
+  fast=None (the default) is fast on CUDA and eager elsewhere (docs/sampler.md says why).
 
 The returned logprobs are float32 log_softmax(logits / temperature) of the full, untruncated
 distribution (temperature 0 -> temperature 1): what a training forward computes for the same tokens.

@@ -10,7 +10,7 @@ Flaws keep the final answer right -- they are the *flawed positives* FAPO is abo
     "slip":    one step writes its result off by 1 or 2; the next step carries on from the right value
     "miscopy": one step copies a wrong operand but writes the right result ("8+7=14" for 8+6)
 A flaw that carries a wrong value forward would change the answer; a tiny model cannot produce it with a
-right answer, so it is not used (../shared/TOY-NOTES.md).
+right answer, so it is not used (the toy's notes, TOY-NOTES.md in the workplace's shared folder).
 
 Two regimes of SFT traces (`regime=`; the trainer's --toy-regime):
     "coupled"   (default) 30% flawed traces, nothing else: the model's own errors are its only wrong answers,
@@ -18,7 +18,7 @@ Two regimes of SFT traces (`regime=`; the trainer's --toy-regime):
     "decoupled" wrong answers get a source of their own, so that outcome reward cannot tell a flawed
                 positive from a clean one: the flaw is a miscopied operand in the *last* step (its result
                 right), and, drawn independently with its own probability, a *final slip*: the box holds
-                the value before the last operation (an early answer). Why these two (README, measured):
+                the value before the last operation (an early answer). Why these two (docs/results.md, measured):
                 - the model carries a slip on (a slipped trace ends right 26-49% of the time after 800 SFT
                   steps, a clean one 78%), and a miscopy earlier in the trace makes it lose its place, so
                   both would tie flaws to wrong answers again; a last-step miscopy feeds only its own result;
@@ -38,6 +38,7 @@ Two regimes of SFT traces (`regime=`; the trainer's --toy-regime):
 The toy uses the real formats end to end (chat template, blank-line steps, \\boxed{} answers, the
 FAPO-Critic prompt), so the demo runs the same code as a real run; only the oracle is toy-specific.
 """
+import functools
 import math
 import random
 import re
@@ -45,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from data import PROMPT_PHRASES, Row, Task, critic_prompt
+from data import PROMPT_PHRASES, Row, Task, critic_prompt, load_critic_rows, load_rows
 
 SOURCE, CRITIC_SOURCE = "toy_arith", "toy_critic"
 TRAIN_PROMPTS, TRAIN_CRITIC_ROWS, TEST_ROWS = 20000, 4000, 256  # pool sizes of the demo
@@ -312,6 +313,7 @@ def check(problem: str, ground_truth, steps: list[str]) -> tuple[int, str]:
 # ---- the task as the trainer sees it ----
 
 
+@functools.lru_cache(maxsize=4)  # a pure function of its arguments; rows are never modified (tests run many demos)
 def task_rows(task, seed, n_test=TEST_ROWS):
     """(train rows, test rows) of the demo: policy prompts for rl/sft, critique rows for genrm. The test
     problems are drawn with seed + 1 and kept out of the training pool."""
@@ -332,12 +334,18 @@ class ToyTask(Task):
     checker = staticmethod(check)
 
     def __init__(self, kind: str, seed: int, eval_prompts: int = 0, flawed_share=0.3, regime="coupled",
-                 slip_share=0.2):
-        self.kind, self.seed, self.n_test = kind, seed, eval_prompts or TEST_ROWS
+                 slip_share=0.2, test="toy"):
+        self.kind, self.seed, self.n_test, self.test = kind, seed, eval_prompts or TEST_ROWS, test
         self.flawed_share, self.regime, self.slip_share = flawed_share, regime, slip_share
 
     def rows(self):
-        return task_rows("genrm" if self.kind == "critic" else "rl", self.seed, self.n_test)
+        """The toy's train split, and its test split (test="toy"), none ("none"), or rows from a file."""
+        train, test = task_rows("genrm" if self.kind == "critic" else "rl", self.seed, self.n_test)
+        if self.test == "none":
+            return train, []
+        if self.test != "toy":
+            test = (load_critic_rows if self.kind == "critic" else load_rows)(self.test)[: self.n_test]
+        return train, test
 
     def sft_example(self, rng):
         if self.kind == "critic":  # the toy GenRM's cold start: checker-written critiques

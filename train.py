@@ -15,6 +15,7 @@ The same code path runs on 1 CPU, 1 GPU and N nodes: a single process is a world
 presets: config.py; held-out metrics: evaluate.py; FSDP, checkpoints and logging: infra/.
 Every run writes OUT/config.json, then one folder per phase: OUT/sft/ (the cold start) and OUT/rl/.
 """
+import functools
 import hashlib
 import json
 import math
@@ -38,7 +39,7 @@ import grpo
 import sampler
 import toy
 from infra import checkpoint, fsdp
-from infra.runlog import Logger, dump_rollouts, summary
+from infra.runlog import Logger, dump_rollouts, peak_memory, summary
 
 hf_logging.disable_progress_bar()  # our own tqdm bar is the only one
 
@@ -154,16 +155,10 @@ def step_batch(n_rows, step, cfg, world):
     return [epoch_order(cfg.seed, i // n_rows, n_rows)[i % n_rows] for i in range(start, start + per_rank)]
 
 
-_ORDERS = {}
-
-
+@functools.lru_cache(maxsize=2)
 def epoch_order(seed, epoch, n):
-    """The data order of one epoch: a seeded permutation, the same on every rank (the last two kept)."""
-    if (seed, epoch, n) not in _ORDERS:
-        while len(_ORDERS) >= 2:
-            _ORDERS.pop(next(iter(_ORDERS)))
-        _ORDERS[(seed, epoch, n)] = random.Random(seed * 1_000_003 + epoch).sample(range(n), n)
-    return _ORDERS[(seed, epoch, n)]
+    """The data order of one epoch: a seeded permutation, the same on every rank."""
+    return random.Random(seed * 1_000_003 + epoch).sample(range(n), n)
 
 
 def rollouts(step, idx, run, judge):
@@ -203,7 +198,7 @@ def step_metrics(step, scores, lengths, dropped, cfg, world):
     """The step's rates, summed over ranks in one all-reduce: reward, length, the reward's counts
     (fapo.rollout_metrics or genrm.critic_batch_metrics), groups without signal, lengths by kind."""
     keys = sorted(scores.counts)  # the same keys on every rank
-    shape = rollout_shape(scores, lengths, cfg.rollouts)
+    shape = fapo.rollout_shape(scores, lengths, cfg.rollouts)
     tot = dict(zip(["reward", "length", "dropped"] + keys + list(shape),
                    world.sum([sum(scores.rewards), sum(lengths), dropped] + [float(scores.counts[k]) for k in keys]
                              + list(shape.values()))))
@@ -212,42 +207,10 @@ def step_metrics(step, scores, lengths, dropped, cfg, world):
     for kind in ("correct", "wrong", "flawed"):
         rates[f"length_{kind}"] = tot[f"len_{kind}"] / max(tot[f"n_{kind}"], 1)
     if cfg.task == "rl":
-        check_judge(tot, step, world)
+        if warning := fapo.check_verdicts(tot, step):
+            world.say(warning)
     return {"reward": tot["reward"] / tot["n"], "response_length": tot["length"] / tot["n"],
             "groups_dropped": int(tot["dropped"]), **rates}
-
-
-def rollout_shape(scores, lengths, group):
-    """Sums for the step's log: groups whose rewards are all equal, and response lengths of correct, wrong and
-    flawed (correct but flagged) rollouts."""
-    n = len(scores.rewards) // group
-    zero_var = sum(len(set(scores.rewards[g * group:(g + 1) * group])) == 1 for g in range(n))
-    flawed = [bool(c and f) for c, f in zip(scores.correct, scores.flagged)]
-    kinds = {"correct": scores.correct, "wrong": [not c for c in scores.correct], "flawed": flawed}
-    out = {"zero_var": float(zero_var), "groups": float(n)}
-    for kind, mask in kinds.items():
-        out[f"len_{kind}"] = float(sum(L for L, m in zip(lengths, mask) if m))
-        out[f"n_{kind}"] = float(sum(mask))
-    return out
-
-
-def check_judge(tot, step, world):
-    """A GenRM that answers nothing must not turn FAPO into a silent baseline."""
-    if tot["judged"] and tot["judge_failed"] == tot["judged"]:
-        raise RuntimeError(f"step {step + 1}: every one of {int(tot['judged'])} GenRM requests failed (no verdict); "
-                           "stopping rather than training on the baseline reward. Is the GenRM up?")
-    if tot["judged"] >= 8 and tot["unparseable"] > tot["judged"] / 2:
-        world.say(f"warning: step {step + 1}: {int(tot['unparseable'])} of {int(tot['judged'])} GenRM verdicts were "
-                  "unparseable (no \\boxed{index}); they count as clean")
-
-
-def peak_memory(world):
-    """The step's peak GPU memory on this rank (GiB), then reset; nothing on CPU."""
-    if world.device.type != "cuda":
-        return {}
-    peak = torch.cuda.max_memory_allocated(world.device) / 2**30
-    torch.cuda.reset_peak_memory_stats(world.device)
-    return {"peak_gib": world.max([peak])[0]}
 
 
 def derive_seed(*parts):
@@ -286,14 +249,14 @@ def run_phase(run, phase, first=None):
     step_fn, steps_flag, lr_flag, warmup_flag = PHASES[phase]
     total, out_dir = getattr(cfg, steps_flag), os.path.join(cfg.out, phase)
     run.optimizer, run.scheduler = make_optimizer(run.model, getattr(cfg, lr_flag), getattr(cfg, warmup_flag), cfg)
-    run.settings = update_settings(cfg, run.pad_id, phase)
+    run.settings = config.update_settings(cfg, run.pad_id, phase)
     run.ref_model = None
     if phase == "rl" and cfg.kl_coef > 0:  # the reference is the starting policy, frozen (before the resume)
         run.ref_model = fsdp.frozen_copy(run.model, world, run.dtype, cfg.offload)
     ckpt = checkpoint.Checkpointer(out_dir, world)
     state = ckpt.load(run.model, run.optimizer, run.scheduler) if cfg.resume else None
     start = state["step"] if state else 0
-    log = Logger(out_dir, world, total, start, phase, cfg.no_progress, cfg.wandb, shown_config(cfg))
+    log = Logger(out_dir, world, total, start, phase, cfg.no_progress, cfg.wandb, vars(cfg))
     evaluating = bool(run.test) and phase == "rl"
     if evaluating:
         first = log.find_eval("start") or first or log.log(run_eval(run, "start"))
@@ -328,17 +291,6 @@ def make_optimizer(model, lr, warmup, cfg):
     return opt, sched
 
 
-def update_settings(cfg, pad_id, phase="rl"):
-    """grpo.UpdateSettings from the config: the loss knows nothing of argparse."""
-    n_updates = cfg.prompts_per_step // cfg.mini_batch_prompts if cfg.mini_batch_prompts else 1
-    return grpo.UpdateSettings(
-        pad_id=pad_id, temperature=cfg.temperature if phase == "rl" else 1.0, mini_batches=n_updates,
-        micro_batch=cfg.micro_batch, micro_batch_tokens=cfg.micro_batch_tokens,
-        logprob_batch_tokens=cfg.logprob_batch_tokens, loss_agg=cfg.loss_agg, clip_low=cfg.clip_low,
-        clip_high=cfg.clip_high, clip_c=cfg.clip_c, grad_clip=cfg.grad_clip, kl_coef=cfg.kl_coef,
-        kl_kind=cfg.kl_kind, max_response_len=cfg.max_response_len, tis_cap=cfg.tis_cap if phase == "rl" else 0.0)
-
-
 def check_numerics(m, bad, cfg):
     """Consecutive steps whose update was skipped for a non-finite gradient; too many stop the run."""
     bad = bad + 1 if m.get("skipped_updates") else 0
@@ -354,7 +306,8 @@ def check_numerics(m, bad, cfg):
 def make_task(cfg) -> data.Task:
     kind = "critic" if cfg.task == "genrm" else "policy"
     if cfg.data == "toy":
-        return toy.ToyTask(kind, cfg.seed, cfg.eval_prompts, cfg.sft_flawed_share, cfg.toy_regime, cfg.sft_slip_share)
+        return toy.ToyTask(kind, cfg.seed, cfg.eval_prompts, cfg.sft_flawed_share, cfg.toy_regime, cfg.sft_slip_share,
+                           test=cfg.test_data)
     return data.FileTask(kind, cfg.data, None if cfg.test_data == "none" else cfg.test_data, cfg.eval_prompts,
                          sft=cfg.task == "sft")
 
@@ -388,30 +341,21 @@ def encode(task, tokenizer, cfg, world):
     return train, train_ids, test, test_ids
 
 
-def check_budgets(cfg, context, judge=None):
-    """Every length budget against the context it must fit: a clear error, never a silent cut or skip."""
-    if cfg.max_prompt_len + cfg.max_response_len > context:
-        raise SystemExit(f"config error: --max-prompt-len {cfg.max_prompt_len} + --max-response-len "
-                         f"{cfg.max_response_len} > the model's context {context} (raise it with --context-len)")
-    if judge is not None and judge.context_len:  # the critique prompt holds the problem and the whole response
-        need = cfg.max_prompt_len + cfg.max_response_len + judge.template_tokens + cfg.genrm_max_tokens
-        if need > judge.context_len:
-            raise SystemExit(f"config error: the GenRM needs ~{need} tokens (prompt {cfg.max_prompt_len} + response "
-                             f"{cfg.max_response_len} + template {judge.template_tokens} + --genrm-max-tokens "
-                             f"{cfg.genrm_max_tokens}) > its context {judge.context_len} (--genrm-context-len, or "
-                             "smaller budgets); a longer critique prompt at run time is counted as judge_failed")
-
-
 def make_judges(cfg, world, task, dtype):
     """(the training judge, the eval judge). The eval measures the flawed ratio with the task's exact checker
-    when it has one, else with the training GenRM; a learned GenRM on such a task is audited by the checker."""
+    when it has one, else with the training GenRM; a learned GenRM on such a task is audited by the checker.
+    The GenRM's sampling as it will decode (unset flags resolved) goes into the printed config: genrm_sampling."""
     if cfg.task == "genrm":
         return None, None
     judge = genrm.make_judge(cfg.genrm, checker=task.checker, world=world, dtype=dtype, max_tokens=cfg.genrm_max_tokens,
-                             temperature=cfg.genrm_temperature, top_p=cfg.genrm_top_p, seed=cfg.seed,
-                             context_len=cfg.genrm_context_len, max_tokens_in_flight=cfg.max_tokens_in_flight or None,
+                             temperature=cfg.genrm_temperature, top_p=cfg.genrm_top_p, top_k=cfg.genrm_top_k,
+                             seed=cfg.seed, context_len=cfg.genrm_context_len,
+                             max_tokens_in_flight=cfg.max_tokens_in_flight or None,
                              served_model=cfg.genrm_model or "genrm", concurrency=cfg.genrm_concurrency,
-                             timeout=cfg.genrm_timeout, retries=cfg.genrm_retries)
+                             timeout=cfg.genrm_timeout, retries=cfg.genrm_retries, prompt_format=cfg.judge_prompt,
+                             verdict_parse=cfg.verdict_parse)
+    if judge is not None and judge.sampling:
+        cfg.genrm_sampling = dict(judge.sampling)
     if task.checker is None:
         return judge, judge
     oracle = genrm.CheckerJudge(task.checker)
@@ -433,18 +377,14 @@ def setup(cfg) -> Run:
     rows, ids, test, test_ids = encode(task, tok, cfg, world)  # bad data fails here, before anything is written
     model = load_model(cfg, world, dtype, tok)
     context = model.config.max_position_embeddings
-    check_budgets(cfg, context)
+    config.check_budgets(cfg, context)
     judge, eval_judge = make_judges(cfg, world, task, dtype)
-    check_budgets(cfg, context, judge)
+    config.check_budgets(cfg, context, judge)
     pad = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     gen = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
     eos = sorted({tok.eos_token_id} | set(gen if isinstance(gen, list) else [gen]) - {None})
     return Run(cfg, world, task, tok, pad, eos, context, dtype, model, rows, ids, test, test_ids, judge, eval_judge,
                config.parse_repeats(cfg.eval_repeats))
-
-
-def shown_config(cfg) -> dict:
-    return {k: v for k, v in vars(cfg).items()}
 
 
 # ---- main ----
@@ -467,7 +407,7 @@ def train(cfg):
             raise SystemExit(f"config error: resuming with changed {changed[0]}: the checkpoint restores these; "
                              "start a new run (--out) to change them")
     if world.main:
-        shown = shown_config(cfg)
+        shown = vars(cfg)
         with open(os.path.join(cfg.out, "config.json"), "w") as f:
             json.dump({**shown, "world_size": world.size, "device": str(world.device)}, f, indent=1, default=str)
         print("config: " + json.dumps(shown, default=str), flush=True)

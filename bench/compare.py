@@ -12,7 +12,7 @@ and one plot per regime, and the paper's claims are checked and printed PASS / F
 
     python bench/compare.py                       # full: both regimes, lambdas 0 0.5 1 1.5, 3 seeds
     python bench/compare.py --quick               # a smoke run: lambdas 0 1, 1 seed, 20 steps, short SFT
-    python bench/compare.py --genrm out/genrm/rl/hf --report bench/results   # + a learned GenRM; the README files
+    python bench/compare.py --genrm out/genrm/rl/hf --report bench/results   # + a learned GenRM; the docs/results.md files
 
 The learned GenRM (`torchrun train.py --task genrm`) is trained on critique rows with both flaw kinds, the
 kinds both regimes use, so the same one serves both. Writes REPORT/compare_REGIME.md and .png (the plot
@@ -31,7 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REGIMES = ("coupled", "decoupled")
-SFT_STEPS = {"coupled": 800, "decoupled": 3000}  # decoupled: a longer cold start (see README)
+SFT_STEPS = {"coupled": 800, "decoupled": 3000}  # decoupled: a longer cold start (docs/results.md)
 
 ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
 ap.add_argument("--out", default="out/compare", help="where the runs go")

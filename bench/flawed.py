@@ -1,6 +1,7 @@
 """bench/flawed.py -- read the flawed positives of a rollout dump next to the GenRM's critiques.
 
-    python bench/flawed.py out/rl/rl/rollouts/rl_step00050.jsonl [--n 5] [--width 160]
+    python bench/flawed.py out/rl/dumps/rl_step50.jsonl [--n 5] [--width 160]   # train.py --dump-every 50
+    python bench/flawed.py out/rl/dumps/eval_step100.jsonl                       # every evaluation dumps
 
 A flawed positive is a rollout whose final answer is right (`correct`) but whose reasoning the GenRM flagged
 (`genrm_index` is a step index, not null = not judged, not -1 = no error): what FAPO penalises, and what the
@@ -9,7 +10,8 @@ prompt, then the response (its paragraphs numbered from 0 as the GenRM saw them,
 the critique in two columns wrapped to the terminal's width, or one after the other when the terminal is
 narrower than --min-split columns.
 
-The dump (train.py writes one JSON object per rollout) has: phase, step, prompt, response, reward, correct,
+The dump (train.py writes OUT/dumps/rl_stepN.jsonl and OUT/dumps/eval_TAG.jsonl, one JSON object per
+rollout) has: phase, step, prompt, response, reward, correct,
 genrm_index, critique, length, finish_reason, data_source, ground_truth.
 """
 import argparse

@@ -1,8 +1,10 @@
 """bench/genrm_server.py -- a stand-in for vLLM / SGLang: an OpenAI-compatible GenRM endpoint on 127.0.0.1.
 
 It answers POST /v1/chat/completions (and GET /v1/models) with the toy checker's critiques (the prompt is
-read back with data.parse_critic_prompt, then toy.critique) or with a toy GenRM model's greedy decode
-(transformers, through sampler.generate; requests that arrive together are decoded as one batch).
+read back with data.parse_critic_prompt or data.parse_official_prompt, then toy.critique) or with a toy GenRM
+model's decode (transformers, through sampler.generate; requests that arrive together are decoded as one
+batch). Sampling fields a request leaves out are the model's, as vLLM picks them (genrm.model_sampling:
+its generation_config, else temperature 1.0, top-p 1.0); `body` keeps the last request's JSON.
 
     with GenRMServer() as server:                    # the checker; port 0 = a free port
         judge = genrm.ServedJudge(server.url, "toy", max_tokens=96)
@@ -46,14 +48,23 @@ class CheckerAnswers:
     def __init__(self):
         self.tok = toy.tokenizer()  # only to report token counts in `usage`
 
-    def complete(self, messages, max_tokens, temperature, top_p) -> tuple[str, int, int]:
+    def complete(self, messages, max_tokens, temperature, top_p, top_k) -> tuple[str, int, int]:
         try:
-            problem, _, steps = data.parse_critic_prompt(messages[-1]["content"])
+            problem, _, steps = _read_prompt(messages[-1]["content"])
             text = toy.critique(toy.parse_problem(problem), steps)
         except ValueError:
             text = "This is not a toy problem: no verdict."
         n_prompt = len(self.tok(messages[-1]["content"], add_special_tokens=False)["input_ids"])
         return text, n_prompt, len(self.tok(text, add_special_tokens=False)["input_ids"])
+
+
+def _read_prompt(text: str) -> tuple[str, str, list[str]]:
+    """(problem, ground truth, steps) of a GenRM prompt in either format (official: steps as split_steps)."""
+    try:
+        return data.parse_critic_prompt(text)
+    except ValueError:
+        problem, truth, response = data.parse_official_prompt(text)
+        return problem, truth, data.split_steps(response)
 
 
 class ModelAnswers:
@@ -67,16 +78,20 @@ class ModelAnswers:
         self.tok = AutoTokenizer.from_pretrained(model_dir)
         self.model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
         self.context = self.model.config.max_position_embeddings
+        self.generation_config = self.model.generation_config  # the defaults of what a request leaves out
         self.gen = torch.Generator().manual_seed(seed)  # used by temperature > 0 only
         self.queue = queue.Queue()
         threading.Thread(target=self._decode_loop, daemon=True, name="genrm-server-decode").start()
 
-    def complete(self, messages, max_tokens, temperature, top_p) -> tuple[str, int, int]:
+    def complete(self, messages, max_tokens, temperature, top_p, top_k) -> tuple[str, int, int]:
+        import genrm  # what vLLM does with the fields a request leaves out
+        values, _ = genrm.model_sampling(self.generation_config, temperature=temperature, top_p=top_p, top_k=top_k)
+        temperature, top_p, top_k = values["temperature"], values["top_p"], values["top_k"]
         ids = encode_prompt(self.tok, messages)
         if len(ids) + max_tokens > self.context:  # vLLM answers 400 here
             raise ValueError(f"This model's maximum context length is {self.context} tokens; the prompt has "
                              f"{len(ids)} and max_tokens is {max_tokens}.")
-        job = {"ids": ids, "key": (max_tokens, temperature, top_p), "done": threading.Event()}
+        job = {"ids": ids, "key": (max_tokens, temperature, top_p, top_k), "done": threading.Event()}
         self.queue.put(job)
         job["done"].wait()
         if "error" in job:
@@ -91,12 +106,12 @@ class ModelAnswers:
                 jobs.append(self.queue.get_nowait())
             for key in dict.fromkeys(j["key"] for j in jobs):  # one generate call per sampling setting
                 group = [j for j in jobs if j["key"] == key]
-                max_tokens, temperature, top_p = key
+                max_tokens, temperature, top_p, top_k = key
                 pad = self.tok.pad_token_id if self.tok.pad_token_id is not None else self.tok.eos_token_id
                 try:
                     comps = sampler.generate(
                         self.model, [j["ids"] for j in group], max_new_tokens=max_tokens, temperature=temperature,
-                        top_p=top_p, eos_token_id=self.tok.eos_token_id, pad_token_id=pad, generator=self.gen,
+                        top_p=top_p, top_k=top_k, eos_token_id=self.tok.eos_token_id, pad_token_id=pad, generator=self.gen,
                         context_len=self.context)
                     for j, c in zip(group, comps):
                         j["text"] = self.tok.decode(c.tokens, skip_special_tokens=True)
@@ -151,10 +166,11 @@ class _Handler(BaseHTTPRequestHandler):
         if mode == "malformed":
             return self._send(200, b'{"choices": [{"message": {"content": "\\\\boxed{')
         try:
-            req = json.loads(body)
+            req = owner.body = json.loads(body)
             messages, name = req["messages"], req.get("model")
-            sampling = (int(req.get("max_tokens") or 1024), float(req.get("temperature", 1.0)),
-                        float(req.get("top_p", 1.0)))
+            given = [req.get(k) for k in ("temperature", "top_p", "top_k")]  # None: left to the model's defaults
+            sampling = (int(req.get("max_tokens") or 1024), *(None if v is None else float(v) for v in given[:2]),
+                        None if given[2] is None else int(given[2]))
         except (ValueError, KeyError, TypeError) as e:
             return self._error(400, f"bad request: {type(e).__name__}")
         if owner.served_model is not None and name != owner.served_model:
@@ -181,8 +197,8 @@ class _Server(ThreadingHTTPServer):
 
 class GenRMServer:
     """The server on 127.0.0.1 (port 0: a free one), running in a daemon thread from construction.
-    Use as a context manager (or call close()); `url` is the base URL for HTTPJudge; `requests` counts
-    POSTs, `headers` keeps the last request's headers."""
+    Use as a context manager (or call close()); `url` is the base URL for genrm.ServedJudge; `requests` counts
+    POSTs, `headers` keeps the last request's headers, `body` its JSON (None before any)."""
 
     def __init__(self, model_dir=None, port=0, served_model=None, slow=0.0, fail=0, drop=0, malformed=0,
                  garbage=0, seed=0):
@@ -190,7 +206,7 @@ class GenRMServer:
         self.name = served_model or model_dir or "toy-checker"
         self.served_model, self.slow = served_model, slow
         self.fail, self.drop, self.malformed, self.garbage = fail, drop, malformed, garbage
-        self.requests, self.headers = 0, {}
+        self.requests, self.headers, self.body = 0, {}, None
         self.stopping = threading.Event()
         self._lock = threading.Lock()
         self.httpd = _Server(("127.0.0.1", port), _Handler)

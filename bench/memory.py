@@ -12,7 +12,7 @@ The update is one policy_update on synthetic samples (--rows per rank of --promp
 shards), which later steps reuse. Runs against any revision with train.load_model and checkpoint.Checkpointer.
 On CPU, run it with MALLOC_MMAP_THRESHOLD_=1048576 when comparing several micro-batches: glibc's dynamic
 mmap threshold lets freed activation blocks fragment the heap (3 x 2k-token micro-batches: 8.07 GiB per
-rank without it, 6.18 with it; README "Memory").
+rank without it, 6.18 with it; docs/memory.md).
 """
 import argparse
 import inspect

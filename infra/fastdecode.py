@@ -6,7 +6,7 @@ wave's set-up for both loops (prefill, row limits, output buffers, the uniform d
 prefilled wave and gives the same samples (tests/test_sampler.py holds it to the eager loop, and to
 model.generate). The token choice itself is sampler.pick_next_tokens, passed in, so there is one copy of it.
 
-Why apart (skip on first read): it is a speed path, worth 3-7x on a GPU (README's sampler figures) and none
+Why apart (skip on first read): it is a speed path, worth 3-7x on a GPU (docs/sampler.md) and none
 of the algorithm. FSDP-wrapped models are not compiled (FSDP hooks and re-gathered weights do not belong in
 a graph); models whose cache cannot be static (sliding windows, ...) warn once and run the eager loop.
 """

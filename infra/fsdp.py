@@ -125,15 +125,23 @@ def shard(model, world: World, compute_dtype, offload=False):
 
 
 def _reset_buffers(model, device):
-    """Non-persistent buffers (the rotary inv_freq) are computed in __init__ and never stored: built on the
-    meta device they hold nothing, and to_empty leaves garbage. Rebuild each such module on the CPU (its
-    constructor takes the config) and take its buffers."""
+    """Non-persistent buffers (rotary inv_freq, Gemma's embed_scale, ...) are computed in __init__ and never
+    stored: built on the meta device they hold nothing, and to_empty leaves garbage. They are set the way
+    transformers sets them after its own meta-device init, by the model class's _init_weights(module), which
+    knows every such buffer of its family (a module's constructor need not take a config: Gemma-3's scaled
+    embedding does not). Its parameters are swapped for meta stand-ins meanwhile, so nothing else is touched
+    (the weights are read or copied right after)."""
     for module in model.modules():
-        names = [n for n in module._non_persistent_buffers_set if module._buffers.get(n) is not None]
-        if names:
-            fresh = type(module)(module.config)
-            for n in names:
-                module._buffers[n] = fresh._buffers[n].to(device)
+        if not any(module._buffers.get(n) is not None for n in module._non_persistent_buffers_set):
+            continue
+        params = module._parameters
+        module._parameters = {k: None if p is None else torch.nn.Parameter(torch.empty(p.shape, dtype=p.dtype,
+                              device="meta"), requires_grad=False) for k, p in params.items()}
+        try:
+            with torch.no_grad():
+                model._init_weights(module)
+        finally:
+            module._parameters = params
 
 
 @contextlib.contextmanager

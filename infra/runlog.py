@@ -12,6 +12,8 @@ import json
 import os
 import sys
 
+import torch
+
 from infra.checkpoint import write_atomic
 
 
@@ -77,6 +79,15 @@ def dump_rollouts(path, records):
     """One JSON object per rollout, written atomically (rank 0 calls it)."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     write_atomic(path, "".join(json.dumps(r) + "\n" for r in records))
+
+
+def peak_memory(world):
+    """The step's peak GPU memory over ranks (GiB), then reset; nothing on CPU."""
+    if world.device.type != "cuda":
+        return {}
+    peak = torch.cuda.max_memory_allocated(world.device) / 2**30
+    torch.cuda.reset_peak_memory_stats(world.device)
+    return {"peak_gib": world.max([peak])[0]}
 
 
 TABLE_SKIP = ("eval_unparseable", "eval_judge_failed")  # rates of the judge, not of the policy: in metrics.jsonl

@@ -29,3 +29,12 @@ def qwen_tokenizer():
     tok = PreTrainedTokenizerFast(tokenizer_object=fast, eos_token="<|im_end|>", pad_token="<|endoftext|>")
     tok.chat_template = QWEN_CHAT_TEMPLATE
     return tok
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (`-n 2`: one worker per core) each worker computes on one thread: two workers with two
+    threads each would oversubscribe the two cores, and OpenMP's spinning threads then slow everything."""
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        import torch
+        torch.set_num_threads(1)
+        os.environ["OMP_NUM_THREADS"] = "1"

@@ -1,4 +1,4 @@
-"""Tests for fsdp.py: loading on the meta device, the sharded training state, the HF export, and what a
+"""Tests for infra/fsdp.py and infra/checkpoint.py: loading on the meta device, the sharded training state, the HF export, and what a
 kill, a full disk or a NaN at any point of a save leaves behind.
 
 Run as a script under torchrun, this file is also the worker of the 2-process test."""
@@ -131,12 +131,15 @@ def test_save_load_roundtrip_and_layout(tmp_path):
     world, model, opt, sched = tiny_setup()
     ck = checkpoint.Checkpointer(out, world)
     assert ck.load(model, opt, sched) is None  # nothing to resume
-    for s in (1, 2):
+    for s in (1, 2, 3):
         step(model, opt, sched, s)
         ck.save(model, opt, sched, {"step": s})
-    assert sorted(os.listdir(os.path.join(out, "ckpt"))) == ["latest", "step_000002"]  # the older one went
+    # the newest two complete states stay (the one before is --resume's fallback); the oldest went
+    assert sorted(os.listdir(os.path.join(out, "ckpt"))) == ["latest", "step_000002", "step_000003"]
+    marker = json.load(open(os.path.join(out, "ckpt", "step_000003", "COMPLETE")))
+    assert sorted(marker["files"]) == sorted(set(os.listdir(os.path.join(out, "ckpt", "step_000003"))) - {"COMPLETE"})
     state, snap, sched2 = load_fresh(out)
-    assert state == {"step": 2} and sched2.state_dict() == sched.state_dict()
+    assert state == {"step": 3} and sched2.state_dict() == sched.state_dict()
     assert_same(snap, snapshot(model, opt))
 
 
@@ -162,7 +165,8 @@ def test_a_fault_at_any_point_of_a_save(tmp_path, monkeypatch, point):
     assert_same(snap, after if moved else before)
     step(model, opt, sched, 3)
     checkpoint.Checkpointer(out, world).save(model, opt, sched, {"step": 3})
-    assert sorted(os.listdir(os.path.join(out, "ckpt"))) == ["latest", "step_000003"]
+    kept = "step_000002" if moved else "step_000001"  # the killed save's leftovers went; the fallback stays
+    assert sorted(os.listdir(os.path.join(out, "ckpt"))) == ["latest", kept, "step_000003"]
     state, snap, _ = load_fresh(out)
     assert state["step"] == 3
     assert_same(snap, snapshot(model, opt))
@@ -299,8 +303,8 @@ def test_two_process_checkpoint_resumes_in_one(tmp_path):
     # then RL saves and exports at step 2: die at that export's last point
     save, export = len(checkpoint.SAVE_POINTS), len(checkpoint.EXPORT_POINTS)
     at = 3 * (save + export) + 1 + save + export
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-           str(31500 + random.randrange(1000)), os.path.abspath(__file__), str(tmp_path), str(at)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           os.path.abspath(__file__), str(tmp_path), str(at)]
     r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert r.returncode != 0 and os.path.exists(tmp_path / "worker_ok"), r.stdout[-3000:] + r.stderr[-3000:]
     assert open(os.path.join(out, "rl", "ckpt", "latest")).read() == "step_000002"

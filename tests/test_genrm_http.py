@@ -12,6 +12,7 @@ import urllib.request
 import pytest
 
 from conftest import ROOT
+import data
 import fapo
 import genrm
 import toy
@@ -77,7 +78,8 @@ def test_fapo_flags_match_the_in_process_oracle(server):
         got = fapo.score_rollouts(responses, gts, ARGS[0], genrm=judge)
     want = fapo.score_rollouts(responses, gts, ARGS[0], genrm=genrm.CheckerJudge(toy.check))
     assert got.first_error == want.first_error and got.rewards == want.rewards
-    assert got.counts == want.counts and got.counts["flagged"] > 0
+    # the served GenRM also counts the verdicts the other --verdict-parse would read differently: none here
+    assert got.counts == {**want.counts, "parse_disagree": 0} and got.counts["flagged"] > 0
 
 
 def test_api_key_is_sent_and_not_shown(fresh, monkeypatch):
@@ -86,6 +88,61 @@ def test_api_key_is_sent_and_not_shown(fresh, monkeypatch):
         judge(*first(1))
     assert fresh.headers.get("Authorization") == "Bearer sk-test-123"
     assert "sk-test" not in repr(judge)
+
+
+# ---- what is sent: the prompt format, and only the sampling fields that were set ----
+
+
+def test_no_sampling_field_is_sent_unless_set(fresh):
+    """Official requests carry max_tokens alone (the server's sampling defaults apply): make_judge with the
+    flags unset sends no temperature / top_p / top_k; a value given is sent, and only that one."""
+    with genrm.make_judge(fresh.url, max_tokens=96, served_model="toy", prompt_format="critic") as judge:
+        judge(*first(1))
+    assert set(fresh.body) == {"model", "messages", "max_tokens"} and fresh.body["max_tokens"] == 96
+    assert judge.sampling == dict.fromkeys(("temperature", "top_p", "top_k"), "the server's default (not sent)")
+    with genrm.make_judge(fresh.url, max_tokens=96, served_model="toy", temperature=0.6, prompt_format="critic") as judge:
+        judge(*first(1))
+    assert set(fresh.body) == {"model", "messages", "max_tokens", "temperature"} and fresh.body["temperature"] == 0.6
+    assert judge.sampling["temperature"] == "0.6 (sent)"
+
+
+def test_official_prompt_is_sent_byte_for_byte(fresh):
+    """--judge-prompt official: one user message, the recipe's template around the whole response, untagged;
+    the checker server reads it back and judges as the in-process oracle does."""
+    responses = ["  " + "\n\n".join(s) + "\n" for s in ARGS[2][:6]]  # whitespace kept, not stripped
+    problems, truths, steps = first(6)
+    with judge_for(fresh.url, prompt_format="official", verdict_parse="official") as judge:
+        got = judge(problems, truths, steps, responses)
+    sent = {data.official_prompt(p, t, r) for p, t, r in zip(problems, truths, responses)}
+    assert len(fresh.body["messages"]) == 1 and fresh.body["messages"][0]["role"] == "user"  # no system prompt
+    assert fresh.body["messages"][0]["content"] in sent  # the last of 6 requests sent at once: one of them
+    assert "<paragraph_0>" not in fresh.body["messages"][0]["content"]
+    assert indices(got) == indices(genrm.CheckerJudge(toy.check)(problems, truths, steps))
+    with pytest.raises(ValueError, match="whole response"):
+        judge_for(fresh.url, prompt_format="official")(*first(1))  # steps cannot be joined back exactly
+
+
+def test_fapo_sends_the_responses(fresh):
+    """fapo.request_verdicts hands the judge the decoded responses: the official prompt holds each verbatim."""
+    responses = ["\n\n".join(s) for s in ARGS[2][:4]]
+    with judge_for(fresh.url, prompt_format="official", verdict_parse="official") as judge:
+        s = fapo.score_rollouts(responses, [str(a) for a in ARGS[1][:4]], ARGS[0][:4], genrm=judge)
+    assert s.counts["judged"] == 4 and s.counts["judge_failed"] == 0 and s.counts["parse_disagree"] == 0
+    sent = {data.official_prompt(p, str(a), r) for p, a, r in zip(ARGS[0], ARGS[1], responses)}
+    assert fresh.body["messages"][0]["content"] in sent  # the last request of 4 sent at once: one of them
+
+
+def test_make_judges_shows_the_sampling_used(fresh):
+    import config
+    import train
+    cfg = config.parse_config(["--genrm", fresh.url, "--genrm-model", "toy", "--genrm-top-p", "0.9"])
+    judge, _ = train.make_judges(cfg, None, train.make_task(cfg), None)
+    try:
+        assert cfg.genrm_sampling == {"temperature": "0.0 (sent)", "top_p": "0.9 (sent)",  # the toy preset's 0.0
+                                      "top_k": "the server's default (not sent)"}
+        assert judge.judge.prompt_format == "critic" and judge.judge.verdict_parse == "strict"  # toy presets
+    finally:
+        judge.close()
 
 
 # ---- failures: counted by kind, error set, never a verdict ----
@@ -189,6 +246,26 @@ def test_model_server_matches_in_process_judge(tmp_path):
         got = judge.judge_prompts(prompts, n_steps)
     assert [v.text for v in got] == [v.text for v in want]  # greedy: the same critiques, batched or not
     assert all(v.error is None for v in got) and judge.response_tokens == local.response_tokens > 0
+
+
+def test_model_server_fills_unset_fields_from_generation_config(tmp_path):
+    """A request without temperature is decoded at the model's generation_config temperature, as vLLM does:
+    two unseeded-looking answers differ (sampled), while temperature 0 sent gives the greedy text."""
+    from transformers import GenerationConfig
+    tok = toy.tokenizer()
+    model = toy.build_model(tok, seed=0).eval()
+    model.generation_config = GenerationConfig(do_sample=True, temperature=0.0)  # greedy: checkable exactly
+    model.save_pretrained(tmp_path)
+    tok.save_pretrained(tmp_path)
+    prompts, n_steps = [r.prompt for r, _, _ in ROWS[:4]], [len(s) for s in ARGS[2][:4]]
+    with GenRMServer(model_dir=str(tmp_path)) as s:
+        assert s.answers.generation_config.temperature == 0.0
+        with genrm.ServedJudge(s.url, "toy", max_tokens=8, temperature=None, top_p=None) as judge:
+            unset = judge.judge_prompts(prompts, n_steps)
+        assert "temperature" not in s.body
+        with genrm.ServedJudge(s.url, "toy", max_tokens=8, temperature=0.0) as judge:
+            greedy = judge.judge_prompts(prompts, n_steps)
+    assert [v.text for v in unset] == [v.text for v in greedy]
 
 
 def test_script_serves_and_stops_by_itself():

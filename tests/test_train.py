@@ -80,8 +80,8 @@ def test_mini_batches_recompute_old_logprobs():
 
 
 def run_worker(nproc, out):
-    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--master_port",
-           str(29500 + random.randrange(1000)), os.path.abspath(__file__), out]
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--standalone",
+           os.path.abspath(__file__), out]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -171,8 +171,8 @@ def test_torchrun_two_processes_end_to_end(tmp_path):
     """`torchrun --nproc_per_node=2 train.py` with DAPO dynamic sampling (ranks keep different numbers
     of groups) and 2 mini-batches: no deadlock, metrics written once."""
     out = str(tmp_path / "run2")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-           str(30500 + random.randrange(1000)), "train.py", "--out", out, "--dynamic-sampling", "--mini-batch-prompts", "2"] + TINY
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           "train.py", "--out", out, "--dynamic-sampling", "--mini-batch-prompts", "2"] + TINY
     r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     rl = [m for m in read_jsonl(os.path.join(out, "rl", "metrics.jsonl")) if "eval" not in m]
@@ -215,80 +215,6 @@ def test_kl_reference_and_overlong_penalty_run(tmp_path):
     assert len(rl) == 2 and all("kl" in m for m in rl)
     assert rl[0]["kl"] == pytest.approx(0.0, abs=1e-6)  # the reference is the starting policy
     assert rl[1]["kl"] > 0.0                              # after one update the policy has moved
-
-
-# ---- config: presets, validation, budgets (issues 9, 10, 14) ----
-
-# The official run scripts (recipe/fapo/run_*.sh), written out by hand: every preset must equal them.
-OFFICIAL = {
-    "fapo-7b": dict(prompts_per_step=512, mini_batch_prompts=32, rollouts=8, max_prompt_len=2048, max_response_len=8192,
-                    overlong_buffer=4096, overlong_factor=1.0, lr=1e-6, warmup=10, weight_decay=0.1, grad_clip=1.0,
-                    clip_low=0.2, clip_high=0.28, clip_c=10.0, loss_agg="token-mean", temperature=1.0, top_p=1.0,
-                    eval_temperature=1.0, eval_top_p=0.7, eval_samples=1, steps=200, eval_every=10, context_len=32768,
-                    micro_batch_tokens=20480, logprob_batch_tokens=30720, grad_checkpointing=True, offload=True,
-                    genrm_max_tokens=16384, fapo_lambda=1.0, kl_coef=0.0),
-    "fapo-32b": dict(prompts_per_step=512, mini_batch_prompts=32, rollouts=8, max_prompt_len=2048, max_response_len=20480,
-                     overlong_buffer=4096, lr=1e-6, warmup=10, weight_decay=0.1, clip_low=0.2, clip_high=0.28,
-                     temperature=1.0, eval_temperature=1.0, eval_top_p=0.7, steps=600, eval_every=10, context_len=0,
-                     micro_batch_tokens=22528, logprob_batch_tokens=22528, genrm_max_tokens=16384),
-    "baseline-7b": dict(prompts_per_step=512, mini_batch_prompts=32, rollouts=8, max_response_len=8192, overlong_buffer=4096,
-                        lr=1e-6, steps=200, context_len=32768, genrm="none", fapo_lambda=0.0, eval_top_p=0.7),
-    "genrm-4b": dict(task="genrm", prompts_per_step=512, mini_batch_prompts=32, rollouts=16, max_prompt_len=5120,
-                     max_response_len=8192, overlong_buffer=4096, overlong_factor=1.0, lr=1e-6, warmup=10,
-                     weight_decay=0.1, temperature=1.2, eval_temperature=0.6, eval_top_p=0.95, steps=500, eval_every=10,
-                     save_every=10, micro_batch_tokens=26624, logprob_batch_tokens=39936, context_len=32768),
-}
-
-
-@pytest.mark.parametrize("preset", sorted(OFFICIAL))
-def test_presets_equal_the_official_scripts(preset, tmp_path):
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text(json.dumps({"prompt": "1+1", "reward_model": {"ground_truth": "2"}}) + "\n")
-    cfg = config.parse_config(["--preset", preset, "--data", str(rows), "--genrm", "none"])
-    for k, v in OFFICIAL[preset].items():
-        if k == "genrm":
-            continue
-        assert getattr(cfg, k) == v, (preset, k, getattr(cfg, k), v)
-    # an explicit flag wins over the preset; the mini-batch is counted in prompts, so it scales
-    cfg = config.parse_config(["--preset", preset, "--data", str(rows), "--genrm", "none", "--lr", "3e-6",
-                              "--prompts-per-step", "64"])
-    assert cfg.lr == 3e-6 and train.update_settings(cfg, 0).mini_batches == 64 // 32
-
-
-def test_help_shows_real_defaults():
-    text = config.build_parser().format_help()
-    assert "default: None" not in text and "(default: 8192)" in text
-
-
-@pytest.mark.parametrize("flags, words", [
-    (["--temperature", "0"], "--temperature must be > 0"),
-    (["--eval-samples", "1", "--pass-k", "2"], "--pass-k 2"),
-    (["--rollouts", "1"], "--rollouts must be >= 2"),
-    (["--rollouts", "0"], "--rollouts must be >= 1"),
-    (["--micro-batch", "0"], "--micro-batch must be >= 1"),
-    (["--save-every", "-1"], "--save-every must be >= 0"),
-    (["--fapo-lambda", "-5"], "--fapo-lambda must be >= 0"),
-    (["--max-response-len", "0"], "--max-response-len must be >= 1"),
-    (["--steps", "0"], "--steps must be >= 1"),
-    (["--top-p", "0"], "--top-p must be in (0, 1]"),
-    (["--max-response-len", "40", "--overlong-buffer", "40"], "--overlong-buffer 40 must be <"),
-    (["--model", "no/such/dir"], "no such file or directory"),
-    (["--genrm", "Qwen/not-here"], "nothing is downloaded"),
-    (["--eval-repeats", "aime=x"], "--eval-repeats"),
-])
-def test_bad_flags_are_refused_before_anything_runs(flags, words, tmp_path):
-    with pytest.raises(SystemExit, match=re.escape(words)):
-        config.parse_config(flags + ["--out", str(tmp_path / "o")])
-    assert not os.path.exists(tmp_path / "o")
-
-
-def test_oracle_is_refused_on_real_data(tmp_path):
-    rows = tmp_path / "rows.jsonl"
-    rows.write_text(json.dumps({"prompt": "1+1", "reward_model": {"ground_truth": "2"}}) + "\n")
-    with pytest.raises(SystemExit, match="--genrm oracle"):
-        config.parse_config(["--data", str(rows)])
-    cfg = config.parse_config(["--data", str(rows), "--genrm", "none"])
-    assert cfg.test_data == "none" and cfg.preset == "none"  # never the toy task's eval on real data
 
 
 def tiny_model_dir(tmp_path, positions):
@@ -382,8 +308,8 @@ def latest_export(phase_dir):
 def test_errors_under_torchrun_are_one_line(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"prompt": "1+1", "reward_model": {}}) + "\n")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-           str(31500 + random.randrange(1000)), "train.py", "--data", str(bad), "--genrm", "none", "--out",
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           "train.py", "--data", str(bad), "--genrm", "none", "--out",
            str(tmp_path / "o")]
     r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
                        timeout=300)
@@ -398,8 +324,8 @@ def test_workers_exit_when_torchrun_dies(tmp_path):
     import signal
     import time
     out = tmp_path / "w"
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-           str(32500 + random.randrange(1000)), "train.py", "--out", str(out), "--no-progress", "--sft-steps", "100000"]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           "train.py", "--out", str(out), "--no-progress", "--sft-steps", "100000"]
     p = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL,
                          stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -470,10 +396,11 @@ def test_real_data_run_with_a_qwen_tokenizer(tmp_path):
     args = ["--model", model_dir, "--data", train_rows, "--test-data", test_rows, "--genrm", "none", "--steps", "2",
             "--prompts-per-step", "4", "--rollouts", "2", "--max-prompt-len", "96", "--max-response-len", "24",
             "--overlong-buffer", "8", "--eval-samples", "2", "--eval-every", "0", "--mini-batch-prompts", "2",
-            "--micro-batch-tokens", "256", "--logprob-batch-tokens", "384", "--lr", "1e-3", "--no-progress"]
+            "--micro-batch-tokens", "256", "--logprob-batch-tokens", "384", "--lr", "1e-3", "--no-progress",
+            "--eval-top-p", "1.0"]  # top-p sorts 151k logits per row and step: 40 s of this test on CPU, covered elsewhere
     train.main(args + ["--out", str(tmp_path / "one")])
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port",
-                        str(33500 + random.randrange(1000)), "train.py"] + args + ["--out", str(tmp_path / "two")],
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
+           "train.py"] + args + ["--out", str(tmp_path / "two")],
                        cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     for run in ("one", "two"):
