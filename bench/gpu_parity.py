@@ -253,6 +253,9 @@ def main():
                         f"{args.task_tokens} tokens) in {took:.1f}s, last loss {loss:.4f}; greedy continues the chain "
                         f"on {100 * follow_rate(ref, prompts, f):.1f}% of fp32 eager tokens")
     model.to(torch.bfloat16)
+    state = fastdecode.FAST_STATES.get(model)
+    if state is not None:  # FastState.load reuses its buffers by shape, not dtype: make it allocate bf16 ones
+        state.cache = None
     run_case("bf16, trained", model, prompts, args, report)
     with torch.no_grad():
         for k, v in model.state_dict().items():

@@ -89,7 +89,8 @@ def run_worker(nproc, out):
 
 
 def test_two_processes_equal_one(tmp_path):
-    one = run_worker(1, str(tmp_path / "one.pt"))
+    sd, st, _ = sgd_update(fixed_samples(toy.tokenizer()), micro_batch=2)  # a world of one, in this process
+    one = {"params": sd, "loss": st["loss"]}
     two = run_worker(2, str(tmp_path / "two.pt"))
     assert abs(one["loss"] - two["loss"]) < 1e-5
     for k in one["params"]:
@@ -384,7 +385,8 @@ def qwen_run_inputs(tmp_path):
         rows[src] = tmp_path / f"{src}.jsonl"
         data.main(["prepare", str(plain), str(rows[src]), "--source", src])
     mixed = tmp_path / "test.jsonl"
-    mixed.write_text(open(rows["amc23"]).read() + open(rows["aime24"]).read())
+    lines = [open(rows[src]).read().splitlines(keepends=True) for src in ("amc23", "aime24")]
+    mixed.write_text("".join(a + b for a, b in zip(*lines)))  # interleaved: --eval-prompts N keeps both sources
     return str(model_dir), str(rows["amc23"]), str(mixed)
 
 
@@ -397,7 +399,7 @@ def test_real_data_run_with_a_qwen_tokenizer(tmp_path):
             "--prompts-per-step", "4", "--rollouts", "2", "--max-prompt-len", "96", "--max-response-len", "24",
             "--overlong-buffer", "8", "--eval-samples", "2", "--eval-every", "0", "--mini-batch-prompts", "2",
             "--micro-batch-tokens", "256", "--logprob-batch-tokens", "384", "--lr", "1e-3", "--no-progress",
-            "--eval-top-p", "1.0"]  # top-p sorts 151k logits per row and step: 40 s of this test on CPU, covered elsewhere
+            "--eval-top-p", "1.0", "--eval-prompts", "8"]  # top-p sorts 151k logits per row and step: 40 s of this test on CPU, covered elsewhere
     train.main(args + ["--out", str(tmp_path / "one")])
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
            "train.py"] + args + ["--out", str(tmp_path / "two")],
