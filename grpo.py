@@ -37,6 +37,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 
 import torch
+from torch.distributed.tensor import DTensor
 
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 DEFAULT_CHUNK_ROWS = 512  # 512 x 151,936 float32 = 311 MB per temporary
@@ -50,7 +51,7 @@ def group_advantages(scores, group_ids, norm_by_std=True, eps=1e-6):
     scores: (N,) tensor or list; group_ids: N hashables (ints, strings, uuids), any order."""
     # verl computes in the scores' dtype (float32 rewards); we always use float32.
     scores = torch.as_tensor(scores, dtype=torch.float32)  # (N,)
-    ids = group_ids.tolist() if hasattr(group_ids, "tolist") else list(group_ids)
+    ids = group_ids.tolist() if isinstance(group_ids, torch.Tensor) else list(group_ids)
     if scores.dim() != 1 or len(ids) != scores.shape[0]:
         raise ValueError(f"need (N,) scores and N group ids, got {tuple(scores.shape)} and {len(ids)}")
     members = defaultdict(list)
@@ -470,7 +471,7 @@ def optimizer_step(model, optimizer, grad_clip):
     """Clip and step; a non-finite gradient norm (NaN/Inf loss or overflow) skips the step, so bad
     numbers never reach the weights. Returns the norm (NaN/Inf when skipped)."""
     norm = torch.nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
-    norm = (norm.full_tensor() if hasattr(norm, "full_tensor") else norm).item()  # a DTensor under FSDP2
+    norm = (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()  # a DTensor under FSDP2
     if math.isfinite(norm):
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -61,8 +61,9 @@ def run(cmd, log):
         raise SystemExit(f"failed: train.py {' '.join(cmd)} (see {log})")
 
 
-def records(out_dir):
-    path = os.path.join(out_dir, "metrics.jsonl")
+def records(out_dir, phase="rl"):
+    """A run's log: train.py writes OUT/PHASE/metrics.jsonl (sft/ for the cold start, rl/ for an arm)."""
+    path = os.path.join(out_dir, phase, "metrics.jsonl")
     return [json.loads(line) for line in open(path) if line.strip()] if os.path.exists(path) else []
 
 
@@ -105,7 +106,7 @@ os.makedirs(args.out, exist_ok=True)
 os.makedirs(args.report, exist_ok=True)
 t0 = time.time()
 sft_steps = {r: args.sft_steps or SFT_STEPS[r] for r in args.regimes}
-sft_dir = {r: os.path.join(args.out, r, "sft") for r in args.regimes}
+sft_dir = {r: os.path.join(args.out, r, "coldstart") for r in args.regimes}  # writes coldstart/sft/
 arms = [(f"lambda={lam:g}", lam, "oracle") for lam in args.lambdas]
 if args.genrm:
     arms.append(("lambda=1 learned GenRM", 1.0, args.genrm))
@@ -113,7 +114,7 @@ common = ["--task", "rl", "--steps", str(args.steps), "--eval-every", str(args.e
           "--eval-prompts", str(args.eval_prompts)]
 jobs, sft_job = [], {}
 for r in sorted(args.regimes, key=lambda r: -sft_steps[r]):  # the longest cold start first
-    if not any(m.get("eval") == "after_sft" for m in records(sft_dir[r])):
+    if not any(m.get("eval") == "after_sft" for m in records(sft_dir[r], "sft")):
         sft_job[r] = len(jobs)
         jobs.append((["--task", "sft", "--toy-regime", r, "--sft-steps", str(sft_steps[r]), "--eval-prompts",
                       str(args.eval_prompts), "--out", sft_dir[r], "--resume"], sft_dir[r] + ".log", None))
@@ -124,7 +125,7 @@ for regime in args.regimes:
             out = arm_dir(regime, name, seed)
             if not finished(out, args.steps):
                 shutil.rmtree(out, ignore_errors=True)  # a killed arm restarts clean
-                jobs.append((common + ["--model", os.path.join(sft_dir[regime], "hf"), "--toy-regime", regime,
+                jobs.append((common + ["--model", os.path.join(sft_dir[regime], "sft", "hf"), "--toy-regime", regime,
                                        "--fapo-lambda", str(lam), "--genrm", judge, "--seed", str(seed), "--out", out],
                              out + ".log", sft_job.get(regime)))
 print(f"{n_sft} SFT cold starts ({', '.join(f'{r}: {sft_steps[r]} steps' for r in args.regimes)}), then "
@@ -203,7 +204,7 @@ def plot(regime, curves, path):
 verdicts = {}
 for regime in args.regimes:
     curves = gather(regime)
-    sft = next(m for m in records(sft_dir[regime]) if m.get("eval") == "after_sft")
+    sft = next(m for m in records(sft_dir[regime], "sft") if m.get("eval") == "after_sft")
     lines = [f"Toy task, {regime} regime: SFT cold start ({sft_steps[regime]} steps) then {args.steps} RL steps; seeds "
              f"{args.seeds}; evaluation every {args.eval_every} steps on {args.eval_prompts} held-out prompts x 4 samples "
              "at temperature 1; flawed ratio = oracle-flagged / correct; mean ± std over seeds.", "",

@@ -236,7 +236,7 @@ def main():
     n_params = sum(p.numel() for p in model.parameters())
     name = torch.cuda.get_device_name() if cuda else "CPU"
     report = Report(args.out, f"### Greedy parity: sampler loops vs the eager loop, {args.shape} shape "
-                    f"({n_params / 1e6:.0f}M params, vocab {model.config.vocab_size}) on {name}\n\n"
+                    f"({n_params / 1e6:.1f}M params, vocab {model.config.vocab_size}) on {name}\n\n"
                     f"batch {args.batch}, prompts of {args.prompt_len} tokens, {args.max_new} new tokens, greedy; "
                     f"torch {torch.__version__}, transformers {transformers.__version__}")
     tokens, f = chain_task(model.config.vocab_size, args.task_tokens)

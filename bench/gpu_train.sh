@@ -52,7 +52,7 @@ work, out, prompts = sys.argv[1], sys.argv[2], int(sys.argv[3])
 lines = ["| run | step | t_sample s | t_judge s | t_train s | response tokens | rollouts | gen tok/s | peak GiB |",
          "|---|---|---|---|---|---|---|---|---|"]
 for name in ("baseline",):
-    for m in (json.loads(l) for l in open(f"{work}/{name}/metrics.jsonl")):
+    for m in (json.loads(l) for l in open(f"{work}/{name}/rl/metrics.jsonl")):
         if "eval" in m:
             continue
         toks = m["response_length"] * prompts * 8  # prompts x rollouts

@@ -68,8 +68,11 @@ class FastState:
         """Copy each prefilled prompt into n consecutive rows. Reuse the buffers when they fit and are not much
         longer (graphs replay at fixed addresses), else allocate R = rows, S = length rounded up to 128."""
         prefilled = [(layer.keys, layer.values) for layer in prefill_cache.layers]  # (U, H_kv, L, D) each
-        have = self.cache.layers[0].buffers[0].shape if self.cache is not None else None
-        if have is None or have[0] < rows or not length <= have[2] <= length + max(128, length // 4):
+        old = self.cache.layers[0].buffers[0] if self.cache is not None else None
+        have = old.shape if old is not None else None
+        # a model cast to another dtype (or moved) since the last call needs new buffers, not an index_copy_ error
+        if have is None or old.dtype != prefilled[0][0].dtype or old.device != prefilled[0][0].device \
+                or have[0] < rows or not length <= have[2] <= length + max(128, length // 4):
             self.cache = None  # free the old buffers first
             size = -(-length // 128) * 128
             self.cache = Cache(layers=[RowsLayer(k.new_zeros(rows, k.size(1), size, k.size(3)),

@@ -350,3 +350,15 @@ def test_fast_cuda_matches_eager(fast):
         assert_same(generate(model, prompts, 40, seed=0, **kwargs, fast=fast), eager)
     if fast is True:
         assert fastdecode.FAST_STATES[model].step_fn is not None, "compilation failed and fell back"
+
+
+def test_kept_fast_state_follows_a_cast_model(monkeypatch):
+    """The compiled loop keeps its cache buffers with the model; a model cast to bf16 since the last call gets new
+    buffers (found by the GPU script's dry run: index_copy_ of bf16 keys into fp32 buffers)."""
+    model, prompts = tiny_model("qwen3"), ragged_prompts(LENGTHS, seed=7)
+    state = fastdecode.FastState(fastdecode.decode_step, buckets=True)  # one state across calls, as compiled
+    monkeypatch.setattr(fastdecode, "fast_state", lambda model, fast, device: state)
+    generate(model, prompts, 6, temperature=0)
+    model.to(torch.bfloat16)
+    out = generate(model, prompts, 6, temperature=0)
+    assert len(out) == len(prompts) and state.cache.layers[0].buffers[0].dtype == torch.bfloat16
