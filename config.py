@@ -22,6 +22,13 @@ import grpo
 import toy
 from sampler import TOKENS_IN_FLIGHT
 
+# a served GenRM's slowest plausible decode of one critique (a 4B model on a loaded vLLM / SGLang server
+# decodes one sequence at ~50-100 tokens/s): --genrm-timeout's derived default, max(60 s, max tokens / 50)
+GENRM_TOKENS_PER_S = 50.0
+GENRM_MIN_TIMEOUT = 60.0
+
+BUILTIN_TASKS = ("toy", "arith")  # --data names that are tasks of this repo (toy.py, arith.py), not files
+
 # ---- presets ----
 
 # verl's official FAPO scripts, the values every 7B/32B/GenRM preset shares
@@ -71,6 +78,14 @@ def _or_unset(kind):
     return parse
 
 
+def _or_derived(kind):
+    """A flag type where 'derived' (its default) reads as None, to be derived by derive_defaults."""
+    def parse(text):
+        return None if text == "derived" else kind(text)
+    parse.__name__ = kind.__name__
+    return parse
+
+
 def build_parser():
     """Every flag, in argparse groups (--help shows the structure) with its literal default."""
     ap = argparse.ArgumentParser(description="GRPO / FAPO training (with its SFT cold start, and GenRM training) "
@@ -82,7 +97,8 @@ def build_parser():
                    help="rl: GRPO/FAPO on a policy; sft: cross-entropy only; genrm: GRPO on critique rows with the "
                         "stepwise reward. With --model toy, rl and genrm start with an SFT cold start (the demo)")
     g.add_argument("--model", default="toy", help="local HF model dir, or 'toy' for a tiny Qwen3 built from a config")
-    g.add_argument("--data", default="toy", help="train rows (.jsonl/.json/.parquet, verl schema) or 'toy'")
+    g.add_argument("--data", default="toy", help="train rows (.jsonl/.json/.parquet, verl schema), 'toy' (the demo) "
+                   "or 'arith' (word problems with an exact equation checker, arith.py)")
     g.add_argument("--test-data", default="auto", help="eval rows or 'none'; auto: the toy's test split for toy "
                                                        "data, none otherwise")
     g.add_argument("--out", default="", help="output dir: config.json, then one folder per phase (sft/, rl/) with "
@@ -139,7 +155,11 @@ def build_parser():
     g.add_argument("--genrm-max-tokens", default=16384, type=int, help="GenRM response budget when judging")
     g.add_argument("--genrm-context-len", default=0, type=int, help="override the GenRM's max_position_embeddings; 0: keep")
     g.add_argument("--genrm-concurrency", default=32, type=int, help="requests in flight to a GenRM endpoint, per rank")
-    g.add_argument("--genrm-timeout", default=300.0, type=float, help="seconds per GenRM request")
+    g.add_argument("--genrm-timeout", default="derived", type=_or_derived(float), help="seconds per GenRM request "
+                   f"attempt; derived from the critique budget: max({GENRM_MIN_TIMEOUT:g}, --genrm-max-tokens / "
+                   f"{GENRM_TOKENS_PER_S:g} tokens/s) (16384 tokens: 328 s), shown in the printed config's `derived`")
+    g.add_argument("--genrm-wait", default=900.0, type=float, help="when every GenRM request of a step fails, ask "
+                   "again with backoff for up to this many seconds (a server restart) before stopping; 0: stop at once")
     g.add_argument("--genrm-retries", default=2, type=int, help="retries per failed GenRM request (with backoff)")
     g.add_argument("--overlong-buffer", default=4096, type=int, help="DAPO overlong buffer (tokens); 0 = off")
     g.add_argument("--overlong-factor", default=1.0, type=float)
@@ -217,7 +237,7 @@ def parse_config(argv=None):
         if k not in given:
             setattr(cfg, k, v)
     if cfg.test_data == "auto":
-        cfg.test_data = "toy" if cfg.data == "toy" else "none"
+        cfg.test_data = cfg.data if cfg.data in BUILTIN_TASKS else "none"
     cfg.out = cfg.out or os.path.join("out", cfg.task)
     cfg.derived = derive_defaults(cfg, given)
     validate(cfg)
@@ -243,6 +263,11 @@ def derive_defaults(cfg, given) -> dict:
     fewest = min([cfg.eval_samples] + list(repeats.values()))
     if cfg.pass_k > fewest >= 1:
         derive("pass_k", fewest, f"needs that many samples per prompt (--eval-samples / --eval-repeats)")
+    if cfg.genrm_timeout is None:  # not given: sized from the critique budget (said where a served GenRM uses it)
+        cfg.genrm_timeout = float(math.ceil(max(GENRM_MIN_TIMEOUT, cfg.genrm_max_tokens / GENRM_TOKENS_PER_S)))
+    if "genrm_timeout" not in given and cfg.genrm.startswith(("http://", "https://")):
+        derived["genrm_timeout"] = (f"{cfg.genrm_timeout:g} (max({GENRM_MIN_TIMEOUT:g} s, --genrm-max-tokens "
+                                    f"{cfg.genrm_max_tokens} / {GENRM_TOKENS_PER_S:g} tokens/s))")
     return derived
 
 
@@ -261,6 +286,7 @@ def validate(cfg):
                  "export_every"):
         need(getattr(cfg, name) >= 0, f"--{name.replace('_', '-')} must be >= 0, got {getattr(cfg, name)}")
     need(cfg.tis_cap >= 0, "--tis-cap must be >= 0")
+    need(cfg.genrm_wait >= 0 and math.isfinite(cfg.genrm_wait), "--genrm-wait must be >= 0 seconds")
     for name in ("lr", "sft_lr", "grad_clip", "genrm_timeout", "overlong_factor"):
         need(getattr(cfg, name) > 0 and math.isfinite(getattr(cfg, name)), f"--{name.replace('_', '-')} must be > 0")
     for name in ("top_p", "eval_top_p", "genrm_top_p"):
@@ -282,13 +308,15 @@ def validate(cfg):
     repeats = parse_repeats(cfg.eval_repeats)
     need(cfg.pass_k <= min([cfg.eval_samples] + list(repeats.values())),
          f"--pass-k {cfg.pass_k} needs at least that many samples per prompt (--eval-samples / --eval-repeats)")
-    need(cfg.genrm != "oracle" or cfg.data == "toy" or cfg.task != "rl",
+    need(cfg.genrm != "oracle" or cfg.data in BUILTIN_TASKS or cfg.task != "rl",
          "--genrm oracle is the toy task's exact checker and judges nothing on real data: give --genrm DIR, "
          "--genrm http://HOST:PORT/v1, or --genrm none (the baseline)")
-    need(cfg.test_data != "toy" or cfg.data == "toy", "--test-data toy is the toy task's test split: it needs --data toy")
+    need(cfg.test_data not in BUILTIN_TASKS or cfg.test_data == cfg.data,
+         f"--test-data {cfg.test_data} is that task's test split: it needs --data {cfg.test_data}")
+    need(cfg.data != "arith" or cfg.task != "genrm", "--data arith has no critique rows: --task rl or sft")
     for name in ("model", "data", "test_data", "genrm"):
         path = getattr(cfg, name)
-        if path not in ("toy", "none", "oracle") and not path.startswith(("http://", "https://")):
+        if path not in BUILTIN_TASKS + ("none", "oracle") and not path.startswith(("http://", "https://")):
             need(os.path.exists(path), f"--{name.replace('_', '-')} {path}: no such file or directory "
                                        "(models are read from local directories; nothing is downloaded)")
 

@@ -7,13 +7,14 @@
                                 metrics (ProcessBench F1, FlawedPositiveBench), the same as `python genrm.py`
 
 A room of its own because both the policy's and the GenRM's evaluation are the paper's numbers, not the RL
-step: the counts come from fapo.score_rollouts and the rates from fapo.rollout_metrics / genrm.rows_metrics,
+step: the counts come from fapo.score_rollouts and the rates from fapo.rollout_metrics / processbench.rows_metrics,
 as during training; only the summing over ranks and sources lives here. `run` is train.Run.
 """
 import torch.distributed as dist
 
 import fapo
 import genrm
+import processbench
 from infra.runlog import dump_rollouts
 
 # ---- the policy ----
@@ -91,7 +92,7 @@ def pooled_rates(per, run, world):
 
 def evaluate_critic(run, tag):
     """The GenRM being trained, as a judge of held-out critique rows (this rank's share), decoded at the eval
-    temperature; the verdicts are gathered and scored with genrm.rows_metrics."""
+    temperature; the verdicts are gathered and scored with processbench.rows_metrics."""
     cfg, world = run.cfg, run.world
     mine = list(range(world.rank, len(run.test), world.size))
     judge = genrm.ModelJudge(run.model, run.tokenizer, max_new_tokens=cfg.max_response_len,
@@ -107,5 +108,5 @@ def evaluate_critic(run, tag):
     every = [None] * world.size
     dist.all_gather_object(every, list(zip(mine, verdicts)))
     got = dict(p for part in every for p in part)
-    m = genrm.rows_metrics(run.test, [got[i] for i in range(len(run.test))])
+    m = processbench.rows_metrics(run.test, [got[i] for i in range(len(run.test))])
     return {"eval": tag, **{f"eval_{k}": v for k, v in m.items()}}

@@ -16,7 +16,8 @@ self-scheduling. lambda = 0 is the RLVR baseline.
     request_verdicts(...)                       the one place that decides who is judged: the correct rollouts
     score_rollouts(...)                         a batch: verify all, judge the correct ones, count
     rollout_metrics, rollout_shape, pass_at_k   rates and sums for logging and evaluation
-    check_verdicts(counts, step)                a GenRM that answers nothing stops the run
+    Judging.failed, Judging.ask_again           the rollouts whose request failed; the same prompts re-asked
+    check_verdicts(counts, step)                a GenRM that answers nothing stops the run (after train.py waited)
 """
 import math
 from dataclasses import dataclass, field
@@ -62,6 +63,9 @@ class Scores:
     first_error: list = field(default_factory=list)  # GenRM index per rollout (-1 clean), None where not judged
     counts: dict = field(default_factory=dict)       # n, correct, judged, flagged, unparseable, judge_failed, ...
     critiques: list = field(default_factory=list)    # the GenRM's text per rollout ("" where not judged)
+    unjudged: list = field(default_factory=list)     # True per rollout sent to the judge that got no verdict
+                                                     # (Verdict.error: a failed request, a too-long prompt);
+                                                     # train.py holds its group out of the update
 
     @property
     def flagged(self):
@@ -77,14 +81,33 @@ class Judging:
     judged: list   # indices of the rollouts asked about
     steps: list    # the steps each of them was shown as
     pending: list  # [Pending], one per part
+    asked: list = field(default_factory=list)  # (problem, ground truth, response) per judged rollout: to ask again
 
     def __add__(self, other):
         shift = len(self.correct)
         return Judging(self.correct + other.correct, self.judged + [i + shift for i in other.judged],
-                       self.steps + other.steps, self.pending + other.pending)
+                       self.steps + other.steps, self.pending + other.pending, self.asked + other.asked)
 
     def verdicts(self):
         return [v for p in self.pending for v in p.result()]
+
+    def failed(self) -> list:
+        """Positions (into judged) of the verdicts whose request failed (Verdict.error); waits for them."""
+        return [k for k, v in enumerate(self.verdicts()) if v.error]
+
+    def ask_again(self, judge: Judge, positions) -> "Judging":
+        """The same Judging with the verdicts at `positions` (into judged) asked again: the same prompts, and
+        each new verdict put back where its rollout is (verdicts land by position, never by arrival). Waits."""
+        old = self.verdicts()
+        positions = list(positions)
+        new = judge.submit([self.asked[k][0] for k in positions], [self.asked[k][1] for k in positions],
+                           [self.steps[k] for k in positions],
+                           responses=[self.asked[k][2] for k in positions]).result() if positions else []
+        if len(new) != len(positions):
+            raise ValueError(f"GenRM returned {len(new)} verdicts for {len(positions)} rollouts")
+        for k, v in zip(positions, new):
+            old[k] = v
+        return Judging(self.correct, self.judged, self.steps, [Pending(lambda: old)], self.asked)
 
 
 def request_verdicts(responses, ground_truths, problems, judge: Judge | None) -> Judging:
@@ -95,7 +118,7 @@ def request_verdicts(responses, ground_truths, problems, judge: Judge | None) ->
     steps = [split_steps(responses[i]) for i in judged]  # n_steps for the reward and the log, whatever the prompt
     pending = [judge.submit([problems[i] for i in judged], [ground_truths[i] for i in judged], steps,
                             responses=[responses[i] for i in judged])] if judged else []
-    return Judging(correct, judged, steps, pending)
+    return Judging(correct, judged, steps, pending, [(problems[i], ground_truths[i], responses[i]) for i in judged])
 
 
 def score_rollouts(responses, ground_truths, problems, genrm=None, lam=1.0,
@@ -106,8 +129,10 @@ def score_rollouts(responses, ground_truths, problems, genrm=None, lam=1.0,
     flagged) or a judge (genrm.Judge, or a plain fn(problems, ground_truths, step_lists) -> [Verdict | int]).
     judging: verdicts already requested (request_verdicts, wave by wave while decoding); else asked here.
     lengths (tokens) and max_len switch on DAPO's overlong penalty when overlong_buffer > 0. A verdict
-    without an index is never a flag: it is counted as unparseable (the GenRM answered nonsense) or
-    judge_failed (no answer: too long, service down).
+    without an index is never a flag: it is counted as unparseable (the GenRM answered nonsense; it
+    counts as clean, as officially) or judge_failed (no answer: too long, service down). A judge_failed
+    rollout keeps its rule reward here, but is marked in Scores.unjudged: train.py holds its whole group
+    out of the update, so it never trains as clean.
     """
     n = len(responses)
     if not (len(ground_truths) == len(problems) == n):
@@ -117,10 +142,10 @@ def score_rollouts(responses, ground_truths, problems, genrm=None, lam=1.0,
     correct, verdicts = judging.correct, judging.verdicts()
     if len(verdicts) != len(judging.judged):
         raise ValueError(f"GenRM returned {len(verdicts)} verdicts for {len(judging.judged)} rollouts")
-    first_error, critiques, n_steps = [None] * n, [""] * n, [0] * n
+    first_error, critiques, n_steps, unjudged = [None] * n, [""] * n, [0] * n, [False] * n
     counts = {"n": n, "correct": sum(correct), "judged": len(judging.judged), "unparseable": 0, "judge_failed": 0}
     for i, s, v in zip(judging.judged, judging.steps, verdicts):
-        first_error[i], critiques[i], n_steps[i] = v.index, v.text, len(s)
+        first_error[i], critiques[i], n_steps[i], unjudged[i] = v.index, v.text, len(s), bool(v.error)
         if v.index is None:
             counts["judge_failed" if v.error else "unparseable"] += 1
     rewards = [rollout_reward(c, e, k, lam) for c, e, k in zip(correct, first_error, n_steps)]
@@ -131,7 +156,7 @@ def score_rollouts(responses, ground_truths, problems, genrm=None, lam=1.0,
     counts["flagged"] = sum(e not in (None, -1) for e in first_error)
     if judge is not None:
         counts.update(judge.take_counts())  # an audited judge adds its comparison with the checker
-    return Scores(rewards, correct, first_error, counts, critiques)
+    return Scores(rewards, correct, first_error, counts, critiques, unjudged)
 
 
 def rollout_metrics(c: dict) -> dict:
@@ -160,16 +185,26 @@ def rollout_shape(scores, lengths, group):
     return out
 
 
+FAILED_WARN = 0.01  # a step whose failed share of judged rollouts is above this says so
+
+
 def check_verdicts(tot, step) -> str | None:
     """A GenRM that answers nothing must not turn FAPO into a silent baseline: raises when every verdict of
-    the step failed; returns a warning when most were unparseable (they count as clean). tot: summed counts."""
+    the step failed (train.py first waits --genrm-wait for the service); returns a warning when more than 1%
+    failed (their groups were held out: tot["groups_unjudged"] when given) or most were unparseable (they
+    count as clean). tot: summed counts."""
     if tot["judged"] and tot["judge_failed"] == tot["judged"]:
         raise RuntimeError(f"step {step + 1}: every one of {int(tot['judged'])} GenRM requests failed (no verdict); "
                            "stopping rather than training on the baseline reward. Is the GenRM up?")
+    warnings = []
+    if tot["judged"] and tot["judge_failed"] > FAILED_WARN * tot["judged"]:
+        held = f"; {int(tot['groups_unjudged'])} groups held out of the update" if "groups_unjudged" in tot else ""
+        warnings.append(f"warning: step {step + 1}: {int(tot['judge_failed'])} of {int(tot['judged'])} GenRM requests "
+                        f"failed (no verdict, > {FAILED_WARN:.0%}){held}")
     if tot["judged"] >= 8 and tot["unparseable"] > tot["judged"] / 2:
-        return (f"warning: step {step + 1}: {int(tot['unparseable'])} of {int(tot['judged'])} GenRM verdicts were "
-                "unparseable (no \\boxed{index}); they count as clean")
-    return None
+        warnings.append(f"warning: step {step + 1}: {int(tot['unparseable'])} of {int(tot['judged'])} GenRM verdicts "
+                        "were unparseable (no \\boxed{index}); they count as clean")
+    return "\n".join(warnings) or None
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

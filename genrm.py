@@ -1,4 +1,4 @@
-"""genrm.py -- the generative reward model (GenRM): its verdict, its reward, its metrics, and the judges.
+"""genrm.py -- the generative reward model (GenRM): its verdict, its reward, and the judges.
 
 The GenRM reads a problem, the ground-truth answer and a solution (--judge-prompt: the whole response untagged,
 as the official run sends it, data.official_prompt; or split into tagged paragraphs, FAPO-Critic's training
@@ -16,13 +16,12 @@ i.e. outcome +1/-1 plus process -|t - t*|/n when both say flawed.
     parse_official(text)                        the recipe's: int() of the last \\boxed{}, no range check
     vote(texts, n_steps, how)                   one verdict from k critiques (official: raw-string majority)
     genrm_reward(pred, target, n_steps)         the reward above; critic_rewards: a batch (last 300 characters)
-    critic_metrics(preds, labels, ...)          ProcessBench and FlawedPositiveBench numbers, ours (pooled)
-    official_metrics(sources, labels, ...)      the official evaluation script's table, group by group
     Verdict, Pending, Judge                     a judge's answer; verdicts on their way; the one judge interface
     ModelJudge, ServedJudge, CheckerJudge, AuditedJudge   in-process model, HTTP endpoint, exact checker, audit
     FunctionJudge, as_judge                     a plain function as a judge
     make_judge(spec, ...)                       'none' | 'oracle' | a model dir | http://HOST:PORT/v1 -> a Judge
-    evaluate_rows, report                       a judge over critique rows: the official table beside ours
+    evaluate_rows                               a judge over critique rows, scored by processbench.py (ours and
+                                                the official script's table, labelled)
 
 Evaluate a GenRM on critique rows (FAPO-Critic / ProcessBench rows, ours or the official eval format with
 extra_info.raw_info.{label, final_answer_correct}; or 512 toy rows):
@@ -33,7 +32,6 @@ extra_info.raw_info.{label, final_answer_correct}; or 512 toy rows):
 """
 import contextlib
 import json
-import math
 import re
 from dataclasses import dataclass
 
@@ -43,6 +41,7 @@ from data import Row, as_messages, check_critic_rows, encode_prompt, judge_promp
 from data import JUDGE_PROMPTS, parse_critic_prompt
 from infra import fsdp
 from infra.genrm_client import ChatClient
+from processbench import official_metrics, report, rows_metrics
 from sampler import generate
 
 # ---- verdict ----
@@ -162,133 +161,12 @@ def critic_batch_metrics(s: dict) -> dict:
             "parse_fail": s["parse_fail"] / n, "loc_err": s["loc_err"] / max(s["both_flawed"], 1)}
 
 
-# ---- metrics (the official evaluation script's definitions) ----
-
-
-def _safe_div(a, b):
-    return a / b if b else 0.0
-
-
-def _f1(p, r):
-    return _safe_div(2 * p * r, p + r)
-
-
-def _processbench(preds, labels):
-    err = [(p, l) for p, l in zip(preds, labels) if l != -1]
-    cor = [p for p, l in zip(preds, labels) if l == -1]
-    err_acc = _safe_div(sum(p != -1 for p, _ in err), len(err))  # None counts as "not -1"
-    err_loc_acc = _safe_div(sum(p == l for p, l in err), len(err))
-    corr_acc = _safe_div(sum(p == -1 for p in cor), len(cor))
-    return {"err_acc": err_acc, "err_loc_acc": err_loc_acc, "corr_acc": corr_acc,
-            "pb_f1": _f1(err_loc_acc, corr_acc), "n_err": len(err), "n_corr": len(cor)}
-
-
-def critic_metrics(preds, labels, final_correct=None, subsets=None) -> dict:
-    """ProcessBench and FlawedPositiveBench metrics for GenRM predictions.
-
-    preds: ints or None (unparseable, counted like any index other than -1, as the official script
-    does); labels: ints (-1 = clean); final_correct: bools, whether each solution's final answer is
-    right (FlawedPositiveBench uses those rows only; all rows when not given). pb_f1 is the official
-    "F1 (PB)": pooled over all rows. subsets: a name per row (pb_subset); each subset's metrics come as
-    "{name}/..." and the mean of their F1s as avg_f1 (the official "avg f1"). Empty denominators give 0.0.
-    """
-    preds, labels = list(preds), list(labels)
-    out = _processbench(preds, labels)
-    if subsets is not None:
-        names = sorted(set(subsets))
-        for name in names:
-            idx = [i for i, s in enumerate(subsets) if s == name]
-            sub = _processbench([preds[i] for i in idx], [labels[i] for i in idx])
-            out.update({f"{name}/{k}": v for k, v in sub.items()})
-        out["avg_f1"] = _safe_div(sum(out[f"{name}/pb_f1"] for name in names), len(names))
-    keep = range(len(preds)) if final_correct is None else [i for i, c in enumerate(final_correct) if c]
-    flag = [preds[i] != -1 for i in keep]
-    truth = [labels[i] != -1 for i in keep]
-    tp = sum(f and t for f, t in zip(flag, truth))
-    precision, recall = _safe_div(tp, sum(flag)), _safe_div(tp, sum(truth))
-    out.update({"fp_precision": precision, "fp_recall": recall, "fp_f1": _f1(precision, recall),
-                "fp_acc": _safe_div(sum(f == t for f, t in zip(flag, truth)), len(flag)), "n_fp": len(flag)})
-    return out
-
-
-PB_SUBSETS = ("olympiadbench", "omnimath", "gsm8k", "math")  # ProcessBench's, longest suffix first
-
-
-def pb_subset(data_source: str) -> str:
-    """The ProcessBench subset of a row: the official script groups by data_source suffix
-    (processbench_gsm8k -> gsm8k); other sources are their own subset. Unlike the official
-    `endswith("math")`, omnimath rows are not also counted in math: each row is in one subset."""
-    return next((s for s in PB_SUBSETS if data_source.endswith(s)), data_source)
-
-
 def majority_vote(indices: list) -> int | None:
     """Most common verdict among k samples (parseable ones first; ties -> the smallest index)."""
     valid = [i for i in indices if i is not None]
     if not valid:
         return None
     return min(set(valid), key=lambda i: (-valid.count(i), i))
-
-
-# ---- the official evaluation script's table (FAPO repo fapo/fapo_genrm/evaluate_genrm.py) ----
-
-OFFICIAL_SUBSETS = ("gsm8k", "math", "olympiadbench", "omnimath")  # the script's order, matched by endswith
-
-
-def _mean(flags) -> float:
-    flags = list(flags)
-    return sum(flags) / len(flags) if flags else math.nan  # np.mean of nothing: nan (the script warns, goes on)
-
-
-def _hmean(a: float, b: float) -> float:
-    return 2 * a * b / (a + b) if a + b else math.nan  # numpy's 0/0; a nan input stays nan
-
-
-def _div(a, b) -> float:
-    return a / b if b else math.nan  # where the script divides Python numbers by 0 it stops: nan here
-
-
-def official_metrics(sources, labels, final_correct, preds) -> dict:
-    """The script's metrics, one dict per group: data_source.split("/")[0], in first-seen order. A group whose
-    name holds "PRM" gets the step metrics (official_group); any other the script's outcome branch."""
-    groups = {}
-    for row in zip(sources, labels, final_correct, preds):
-        groups.setdefault(row[0].split("/")[0], []).append(row)
-    return {name: (official_group if "PRM" in name else _outcome_group)(rows) for name, rows in groups.items()}
-
-
-def official_group(rows) -> dict:
-    """One PRM group, rows (data_source, label, final_correct, pred): ProcessBench pooled over the group
-    (None counts as flagged, not located); per subset of OFFICIAL_SUBSETS by data_source.endswith -- so
-    omnimath rows are in math too -- its f1; avg_f1 = the mean of those 4 (nan if one is: a subset without
-    rows); FlawedPositiveBench on the rows with a right final answer."""
-    err = [(d, l, p) for d, l, _, p in rows if l != -1]
-    cor = [(d, p) for d, l, _, p in rows if l == -1]
-    out = {"count": len(rows), "err_acc": _mean(p != -1 for *_, p in err),
-           "err_loc_acc": _mean(p == l for _, l, p in err), "corr_acc": _mean(p == -1 for _, p in cor)}
-    out["pb_f1"] = _hmean(out["err_loc_acc"], out["corr_acc"])
-    for sub in OFFICIAL_SUBSETS:
-        out[f"{sub}_f1"] = _hmean(_mean(p == l for d, l, p in err if d.endswith(sub)),
-                                  _mean(p == -1 for d, p in cor if d.endswith(sub)))
-    out["avg_f1"] = sum(out[f"{sub}_f1"] for sub in OFFICIAL_SUBSETS) / len(OFFICIAL_SUBSETS)
-    pos = [(l, p) for _, l, c, p in rows if c]
-    return {**out, **_official_fpb([p != -1 for _, p in pos], [l != -1 for l, _ in pos],
-                                   _mean((p == -1) == (l == -1) for l, p in pos))}
-
-
-def _outcome_group(rows) -> dict:
-    """The script's branch for a group without "PRM" in its name: a verdict 0 says wrong, 1 says right."""
-    err, cor = [p for _, l, _, p in rows if l != -1], [p for _, l, _, p in rows if l == -1]
-    pos = [(l, p) for _, l, c, p in rows if c]
-    out = {"count": len(rows), "err_acc": _mean(p == 0 for p in err), "corr_acc": _mean(p == 1 for p in cor)}
-    return {**out, **_official_fpb([p == 0 for _, p in pos], [l != -1 for l, _ in pos],
-                                   _mean((p == 1) == (l == -1) for l, p in pos))}
-
-
-def _official_fpb(flag, truth, acc) -> dict:
-    tp = sum(f and t for f, t in zip(flag, truth))
-    precision, recall = _div(tp, sum(flag)), _div(tp, sum(truth))
-    f1 = math.nan if math.isnan(precision + recall) else _div(2 * precision * recall, precision + recall)
-    return {"fp_precision": precision, "fp_recall": recall, "fp_f1": f1, "fp_acc": acc}
 
 
 # ---- judges: one interface, four kinds ----
@@ -653,18 +531,6 @@ def make_judge(spec: str, *, checker=None, world=None, dtype=torch.float32, max_
 # ---- evaluation on critique rows ----
 
 
-def rows_metrics(rows: list[Row], verdicts: list[Verdict]) -> dict:
-    """critic_metrics of verdicts on (checked) critique rows: label, subset = pb_subset(data_source),
-    FlawedPositiveBench restricted to rows with final_answer_correct when that field is present; plus
-    unparseable (an answer without a usable \\boxed{}) and judge_failed (no answer at all), counted apart."""
-    fc = [r.extra_info.get("final_answer_correct", True) for r in rows]
-    m = critic_metrics([v.index for v in verdicts], [r.ground_truth for r in rows], final_correct=fc,
-                       subsets=[pb_subset(r.data_source) for r in rows])
-    m["unparseable"] = sum(v.index is None and not v.error for v in verdicts) / max(len(rows), 1)
-    m["judge_failed"] = sum(bool(v.error) for v in verdicts) / max(len(rows), 1)
-    return m
-
-
 def evaluate_rows(judge: Judge, rows: list[Row]) -> dict:
     """rows_metrics of a judge over critique rows (checked first), with its mean critique length, and under
     "official" the official script's table of the same verdicts (official_metrics, group by group)."""
@@ -677,34 +543,6 @@ def evaluate_rows(judge: Judge, rows: list[Row]) -> dict:
                                      [r.extra_info.get("final_answer_correct", True) for r in rows],
                                      [v.index for v in verdicts])
     return m
-
-
-_OFFICIAL_LINES = [("Err (PB)", "err_acc"), ("Err_Loc (PB)", "err_loc_acc"), ("Corr (PB)", "corr_acc"),
-                   ("F1 (PB), pooled over the group", "pb_f1")]
-_OFFICIAL_LINES += [(f"  {s} f1 (data_source.endswith)", f"{s}_f1") for s in OFFICIAL_SUBSETS]
-_OFFICIAL_LINES += [("avg f1 (mean of the 4 subset f1s)", "avg_f1"), ("Precision (FPB)", "fp_precision"),
-                    ("Recall (FPB)", "fp_recall"), ("F1 (FPB)", "fp_f1"), ("Acc (FPB)", "fp_acc")]
-
-
-def report(m: dict) -> str:
-    """evaluate_rows' metrics: the official script's table per group (official_metrics; its labels), then
-    ours: ProcessBench pooled over all rows, each row in one subset (pb_subset), FlawedPositiveBench, and
-    what the official script does not count (unparseable answers, failed requests, critique length)."""
-    out = []
-    for name, g in m.get("official", {}).items():
-        kind = "step verdicts" if "PRM" in name else "no 'PRM' in the name: scored as outcome verdicts (0/1)"
-        out.append(f"official script, group {name!r} ({g['count']} rows, {kind}):")
-        out += [f"  {label:<46}{g[k]:.4f}" for label, k in _OFFICIAL_LINES if g.get(k) is not None]
-    subsets = sorted(k[:-len("/pb_f1")] for k in m if k.endswith("/pb_f1"))
-    lines = [(f"F1 (PB), pooled over {m['n_err'] + m['n_corr']} rows", "pb_f1")]
-    lines += [(f"  {s} f1 ({m[s + '/n_err']} err + {m[s + '/n_corr']} clean rows)", f"{s}/pb_f1") for s in subsets]
-    lines += [("avg f1 (mean of these subset f1s)", "avg_f1"), ("Precision (FPB)", "fp_precision"),
-              ("Recall (FPB)", "fp_recall"), (f"F1 (FPB), {m['n_fp']} rows", "fp_f1"), ("Acc (FPB)", "fp_acc"),
-              ("unparseable", "unparseable"), ("judge failed (no answer)", "judge_failed"),
-              ("avg response tokens", "avg_response_tokens")]
-    out.append("ours (every row once; each in one subset, omnimath apart from math):")
-    out += [f"  {label:<46}{m[k]:.4f}" for label, k in lines if k in m]
-    return "\n".join(out)
 
 
 def main(argv=None):

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
+import arith
 import config
 import data
 import evaluate
@@ -39,6 +40,7 @@ import grpo
 import sampler
 import toy
 from infra import checkpoint, fsdp
+from infra.genrm_client import wait_for_verdicts
 from infra.runlog import Logger, dump_rollouts, peak_memory, summary
 
 hf_logging.disable_progress_bar()  # our own tqdm bar is the only one
@@ -130,6 +132,7 @@ def rl_step(step, run):
         comps, texts, judging = rollouts(step, idx, run, judge)
         t1 = time.time()
         lengths = [len(c.tokens) for c in comps]
+        judging, waited = await_verdicts(step, run, judge, judging, rows, texts)  # an outage: waited through
         scores = run.reward(rows, texts, lengths, judge, judging)  # t_judge: the wait for verdicts
     t2 = time.time()
     if cfg.dump_every and (step + 1) % cfg.dump_every == 0:
@@ -138,14 +141,43 @@ def rl_step(step, run):
     adv = grpo.group_advantages(torch.tensor(scores.rewards), groups, norm_by_std=bool(cfg.norm_adv_by_std)).tolist()
     samples = [grpo.Sample(run.ids[i], c.tokens, a, sampler_logp=c.logprobs)
                for i, c, a in zip([i for i in idx for _ in range(cfg.rollouts)], comps, adv)]
-    samples, dropped = dynamic_sampling(samples, scores.rewards, cfg.rollouts, world) if cfg.dynamic_sampling \
-        else (samples, 0)
+    # a rollout without a verdict never trains as clean: its whole group is held out of the update
+    held = {k // cfg.rollouts for k, u in enumerate(scores.unjudged) if u}
+    if cfg.dynamic_sampling:
+        samples, dropped = dynamic_sampling(samples, scores.rewards, cfg.rollouts, world, held)
+    else:
+        samples, dropped = keep_groups(samples, [g for g in range(len(idx)) if g not in held], cfg.rollouts, world), 0
     upd = grpo.policy_update(run.model, run.optimizer, samples, run.settings, world, run.ref_model) if samples else {}
     run.scheduler.step()
     t3 = time.time()
-    m = step_metrics(step, scores, lengths, dropped, cfg, world)
+    m = step_metrics(step, scores, lengths, dropped, cfg, world, len(held))
     return {"step": step + 1, **m, "lr": run.scheduler.get_last_lr()[0], "t_sample": t1 - t0, "t_judge": t2 - t1,
-            "t_train": t3 - t2, "judge_share": (t2 - t1) / max(t3 - t0, 1e-9), **upd, **peak_memory(world)}
+            "t_train": t3 - t2, "judge_share": (t2 - t1) / max(t3 - t0, 1e-9), "genrm_wait_s": waited, **upd,
+            **peak_memory(world)}
+
+
+# Why hold out, not judge again, when some of a step's requests fail: each has already been tried
+# --genrm-retries + 1 times with backoff, so one more round would usually fail the same way and cost the
+# whole step up to another (retries + 1) x --genrm-timeout; and a group's GRPO advantages are relative
+# to its own members, so giving the unjudged rollout any reward (+1 as clean, or 0 as flawed) biases
+# the whole group, and dropping that rollout alone would change the group's normalisation. Held out, the
+# group costs its signal for one step, no bias, and is counted (groups_unjudged, warned past 1%). Only
+# when *every* request failed (the service is down) is there nothing to learn from: then the same
+# prompts are asked again (await_verdicts) until the GenRM answers or --genrm-wait is spent.
+def await_verdicts(step, run, judge, judging, rows, texts):
+    """(judging, seconds waited): the step's verdicts, requested here when decoding did not already send them;
+    when every request of the step failed, the outage is waited through (infra/genrm_client.wait_for_verdicts:
+    the same prompts asked again, with backoff, up to --genrm-wait), and past that the run stops."""
+    cfg = run.cfg
+    if judge is None or cfg.task != "rl":
+        return judging, 0.0
+    if judging is None:
+        judging = fapo.request_verdicts(texts, [r.ground_truth for r in rows], [data.problem_text(r) for r in rows],
+                                        judge)
+    judging, waited, tot = wait_for_verdicts(judging, judge, run.world, cfg.genrm_wait, f"step {step + 1}")
+    if tot["judged"] and tot["judge_failed"] == tot["judged"]:
+        fapo.check_verdicts(tot, step)  # raises: nothing answered within --genrm-wait
+    return judging, waited
 
 
 def step_batch(n_rows, step, cfg, world):
@@ -185,23 +217,33 @@ def rollouts(step, idx, run, judge):
     return comps, texts, judging  # fapo.score_rollouts waits for the verdicts
 
 
-def dynamic_sampling(samples, rewards, group, world):
+def dynamic_sampling(samples, rewards, group, world, held=frozenset()):
     """DAPO: a group whose rewards are all equal carries no signal; drop it (no refill), then pad every rank
-    to the same count with zero-weight samples (FSDP needs equal pass counts). Returns (samples, dropped)."""
-    keep = [g for g in range(len(samples) // group) if len(set(rewards[g * group:(g + 1) * group])) > 1]
+    to the same count with zero-weight samples (FSDP needs equal pass counts). Groups in `held` (with an
+    unjudged rollout) are left out too, not counted as dropped. Returns (samples, dropped)."""
+    flat = {g for g in range(len(samples) // group) if len(set(rewards[g * group:(g + 1) * group])) == 1}
+    keep = [g for g in range(len(samples) // group) if g not in flat and g not in held]
+    return keep_groups(samples, keep, group, world), len(flat - set(held))
+
+
+def keep_groups(samples, keep, group, world):
+    """The samples of the groups in `keep` (indices of this rank's groups of `group` samples), padded with
+    zero-weight fillers (grpo.fillers) to the largest count over ranks: every rank makes the same number of
+    passes (FSDP), and a group left out adds nothing to the loss or its token-mean normaliser. One all-reduce."""
     kept = [samples[g * group + k] for g in keep for k in range(group)]
     target = int(world.max([len(kept)])[0])
-    return kept + grpo.fillers(samples, target - len(kept)), len(samples) // group - len(keep)
+    return kept + grpo.fillers(samples, target - len(kept))
 
 
-def step_metrics(step, scores, lengths, dropped, cfg, world):
+def step_metrics(step, scores, lengths, dropped, cfg, world, unjudged=0):
     """The step's rates, summed over ranks in one all-reduce: reward, length, the reward's counts
-    (fapo.rollout_metrics or genrm.critic_batch_metrics), groups without signal, lengths by kind."""
+    (fapo.rollout_metrics or genrm.critic_batch_metrics), groups without signal, groups held out for an
+    unjudged rollout, lengths by kind."""
     keys = sorted(scores.counts)  # the same keys on every rank
     shape = fapo.rollout_shape(scores, lengths, cfg.rollouts)
-    tot = dict(zip(["reward", "length", "dropped"] + keys + list(shape),
-                   world.sum([sum(scores.rewards), sum(lengths), dropped] + [float(scores.counts[k]) for k in keys]
-                             + list(shape.values()))))
+    tot = dict(zip(["reward", "length", "dropped", "groups_unjudged"] + keys + list(shape),
+                   world.sum([sum(scores.rewards), sum(lengths), dropped, unjudged]
+                             + [float(scores.counts[k]) for k in keys] + list(shape.values()))))
     rates = genrm.critic_batch_metrics(tot) if cfg.task == "genrm" else fapo.rollout_metrics(tot)
     rates["zero_var_groups"] = tot["zero_var"] / max(tot["groups"], 1)  # groups with no signal for GRPO
     for kind in ("correct", "wrong", "flawed"):
@@ -210,7 +252,7 @@ def step_metrics(step, scores, lengths, dropped, cfg, world):
         if warning := fapo.check_verdicts(tot, step):
             world.say(warning)
     return {"reward": tot["reward"] / tot["n"], "response_length": tot["length"] / tot["n"],
-            "groups_dropped": int(tot["dropped"]), **rates}
+            "groups_dropped": int(tot["dropped"]), "groups_unjudged": int(tot["groups_unjudged"]), **rates}
 
 
 def derive_seed(*parts):
@@ -308,6 +350,8 @@ def make_task(cfg) -> data.Task:
     if cfg.data == "toy":
         return toy.ToyTask(kind, cfg.seed, cfg.eval_prompts, cfg.sft_flawed_share, cfg.toy_regime, cfg.sft_slip_share,
                            test=cfg.test_data)
+    if cfg.data == "arith":  # word problems with an exact equation checker (arith.py); test "arith": its held-out split
+        return arith.ArithTask(kind, cfg.seed, cfg.eval_prompts, test=cfg.test_data, flawed_share=cfg.sft_flawed_share)
     return data.FileTask(kind, cfg.data, None if cfg.test_data == "none" else cfg.test_data, cfg.eval_prompts,
                          sft=cfg.task == "sft")
 

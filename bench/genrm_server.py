@@ -18,14 +18,25 @@ each answer; and for the first K requests (K < 0: every request), in this order 
     garbage=K    a valid completion whose content has no \\boxed{}
 served_model="NAME" answers 404 to any other model name, as vLLM does.
 
+Random chaos (Chaos(seed, ...), attribute `chaos`; applied after the counted modes above): each request
+draws from one seeded stream (in arrival order) a delay (exponential, mean delay_mean s, capped at
+delay_max s: answers complete out of order) and at most one misbehaviour, with probabilities p_drop
+(connection closed), p_5xx (HTTP 503), p_429 (HTTP 429), p_malformed (200, not JSON), p_garbage (a
+completion without a box). `outcomes` counts what the server did, by kind ("ok" = a verdict written).
+sign=True starts every critique (garbage too) with "[request <sha256 of the user message, 16 hex>]", so
+that a client can check that each answer came back on its own request (bench/chaos.py). stop() kills the
+server (the socket closed, answers still being delayed dropped); start() serves again on the same port.
+
 As a script (stops by itself after --max-seconds, default 3600):
 
     python bench/genrm_server.py --port 8011 [--model DIR] [--served-model-name NAME]
                                  [--slow S] [--fail K] [--drop K] [--malformed K] [--garbage K]
 """
+import hashlib
 import json
 import os
 import queue
+import random
 import sys
 import threading
 import time
@@ -38,6 +49,34 @@ import toy  # noqa: E402
 from data import encode_prompt  # noqa: E402
 
 MODES = ("fail", "drop", "malformed", "garbage")  # checked in this order
+GARBAGE = "Paragraph 0 looks fine, I think the answer is probably right."
+
+
+def request_tag(content: str) -> str:
+    """What a signed answer starts with: the request's user message, hashed (bench/chaos.py checks it)."""
+    return f"[request {hashlib.sha256(content.encode()).hexdigest()[:16]}]"
+
+
+class Chaos:
+    """Seeded random misbehaviour, one draw per request (see the module doc)."""
+    KINDS = ("drop", "5xx", "429", "malformed", "garbage")
+
+    def __init__(self, seed=0, delay_mean=0.0, delay_max=1.0, p_drop=0.0, p_5xx=0.0, p_429=0.0, p_malformed=0.0,
+                 p_garbage=0.0):
+        self.rng, self.delay_mean, self.delay_max = random.Random(seed), delay_mean, delay_max
+        self.p = {"drop": p_drop, "5xx": p_5xx, "429": p_429, "malformed": p_malformed, "garbage": p_garbage}
+        if sum(self.p.values()) > 1:
+            raise ValueError("the chaos probabilities sum to more than 1")
+
+    def draw(self) -> tuple[float, str | None]:
+        """(delay in seconds, misbehaviour or None); call under the server's lock."""
+        delay = min(self.rng.expovariate(1 / self.delay_mean), self.delay_max) if self.delay_mean > 0 else 0.0
+        u, edge = self.rng.random(), 0.0
+        for kind in self.KINDS:
+            edge += self.p[kind]
+            if u < edge:
+                return delay, kind
+        return delay, None
 
 # ---- answers: the checker, or a model ----
 
@@ -153,17 +192,23 @@ class _Handler(BaseHTTPRequestHandler):
     def do_POST(self):
         owner = self.server.owner
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        mode = owner._arrive(dict(self.headers))
-        if owner.slow and owner.stopping.wait(owner.slow):
-            return  # shutting down: drop the connection rather than answer late
+        mode, delay, stopping = *owner._arrive(dict(self.headers)), owner.stopping
+        if (owner.slow or delay) and stopping.wait(owner.slow + delay):
+            return owner._count("killed")  # shutting down: drop the connection rather than answer late
         if self.path.rstrip("/") != "/v1/chat/completions":
             return self._error(404, f"no route {self.path}")
-        if mode == "fail":
-            return self._error(500, "injected failure")
+        if mode in ("fail", "5xx"):
+            owner._count("5xx")
+            return self._error(500 if mode == "fail" else 503, "injected failure")
+        if mode == "429":
+            owner._count("429")
+            return self._error(429, "injected: too many requests")
         if mode == "drop":
+            owner._count("drop")
             self.close_connection = True
             return  # nothing written: the client sees the connection closed without a response
         if mode == "malformed":
+            owner._count("malformed")
             return self._send(200, b'{"choices": [{"message": {"content": "\\\\boxed{')
         try:
             req = owner.body = json.loads(body)
@@ -182,7 +227,10 @@ class _Handler(BaseHTTPRequestHandler):
         except RuntimeError as e:
             return self._error(500, str(e))
         if mode == "garbage":
-            text = "Paragraph 0 looks fine, I think the answer is probably right."
+            text = GARBAGE
+        if owner.sign:
+            text = request_tag(messages[-1]["content"]) + "\n" + text
+        owner._count("garbage" if mode == "garbage" else "ok")
         self._send_json(200, {
             "id": f"chatcmpl-{owner.requests}", "object": "chat.completion", "created": int(time.time()),
             "model": name, "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
@@ -201,15 +249,23 @@ class GenRMServer:
     POSTs, `headers` keeps the last request's headers, `body` its JSON (None before any)."""
 
     def __init__(self, model_dir=None, port=0, served_model=None, slow=0.0, fail=0, drop=0, malformed=0,
-                 garbage=0, seed=0):
+                 garbage=0, seed=0, chaos: Chaos | None = None, sign=False):
         self.answers = ModelAnswers(model_dir, seed) if model_dir else CheckerAnswers()
         self.name = served_model or model_dir or "toy-checker"
-        self.served_model, self.slow = served_model, slow
+        self.served_model, self.slow, self.chaos, self.sign = served_model, slow, chaos, sign
         self.fail, self.drop, self.malformed, self.garbage = fail, drop, malformed, garbage
         self.requests, self.headers, self.body = 0, {}, None
-        self.stopping = threading.Event()
+        self.outcomes = dict.fromkeys(("ok", "garbage", "drop", "5xx", "429", "malformed", "killed"), 0)
         self._lock = threading.Lock()
-        self.httpd = _Server(("127.0.0.1", port), _Handler)
+        self.port, self.httpd = port, None
+        self.start()
+
+    def start(self):
+        """Serve (again) on self.port; the first start takes a free port when it is 0."""
+        if self.httpd is not None:
+            raise RuntimeError("already serving")
+        self.stopping = threading.Event()
+        self.httpd = _Server(("127.0.0.1", self.port), _Handler)  # allow_reuse_address: the same port at once
         self.httpd.owner = self
         self.port = self.httpd.server_address[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
@@ -217,8 +273,18 @@ class GenRMServer:
                                         daemon=True, name="genrm-server")
         self._thread.start()
 
-    def _arrive(self, headers) -> str | None:
-        """Count a request and pick its misbehaviour, if any (each mode's K counts down; K < 0 is forever)."""
+    def stop(self):
+        """Kill it: no more connections accepted (clients are refused), answers still delayed dropped."""
+        if self.httpd is None:
+            return
+        self.stopping.set()  # wakes the slow handlers, which then drop their connections
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.httpd = None
+
+    def _arrive(self, headers) -> tuple[str | None, float]:
+        """Count a request and pick its misbehaviour, if any (each mode's K counts down; K < 0 is forever;
+        then the chaos draw), and its extra delay."""
         with self._lock:
             self.requests += 1
             self.headers = headers
@@ -226,13 +292,18 @@ class GenRMServer:
                 k = getattr(self, mode)
                 if k:
                     setattr(self, mode, k - 1 if k > 0 else k)
-                    return mode
-        return None
+                    return mode, 0.0
+            if self.chaos is not None:
+                delay, mode = self.chaos.draw()
+                return mode, delay
+        return None, 0.0
+
+    def _count(self, outcome):
+        with self._lock:
+            self.outcomes[outcome] += 1
 
     def close(self):
-        self.stopping.set()  # wakes the slow handlers, which then drop their connections
-        self.httpd.shutdown()
-        self.httpd.server_close()
+        self.stop()
 
     def __enter__(self):
         return self
@@ -253,12 +324,34 @@ def main(argv=None):
         ap.add_argument(f"--{mode}", type=int, default=0, help=f"{what} for the first K requests (-1: all)")
     ap.add_argument("--max-seconds", type=float, default=3600.0, help="stop after this long, whatever happens")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--chaos-delay", type=float, default=0.0, help="random chaos: mean extra delay (s, exponential)")
+    ap.add_argument("--chaos-delay-max", type=float, default=1.0, help="random chaos: the delay's cap (s)")
+    for kind in Chaos.KINDS:
+        ap.add_argument(f"--p-{kind}", type=float, default=0.0, help=f"random chaos: probability of {kind}")
+    ap.add_argument("--sign", action="store_true", help="start each critique with a hash of its request")
+    ap.add_argument("--kill-every", type=float, default=0.0, help="kill the server every S seconds (0: never) ...")
+    ap.add_argument("--down-for", type=float, default=5.0, help="... and serve again on the same port after S s")
     args = ap.parse_args(argv)
+    p = {kind: getattr(args, f"p_{kind}") for kind in Chaos.KINDS}
+    chaos = Chaos(args.seed, args.chaos_delay, args.chaos_delay_max, p["drop"], p["5xx"], p["429"], p["malformed"],
+                  p["garbage"]) if args.chaos_delay or any(p.values()) else None
     with GenRMServer(args.model, args.port, args.served_model_name, args.slow, args.fail, args.drop,
-                     args.malformed, args.garbage, args.seed) as server:
+                     args.malformed, args.garbage, args.seed, chaos=chaos, sign=args.sign) as server:
         print(f"serving {server.url} (model {server.name}); stopping after {args.max_seconds:g} s", flush=True)
+        end = time.monotonic() + args.max_seconds
         try:
-            server.stopping.wait(args.max_seconds)
+            while time.monotonic() < end:
+                if not args.kill_every:
+                    time.sleep(max(end - time.monotonic(), 0))
+                    break
+                time.sleep(max(min(args.kill_every, end - time.monotonic()), 0))
+                if time.monotonic() >= end:
+                    break
+                server.stop()
+                print(f"killed; serving again in {args.down_for:g} s", flush=True)
+                time.sleep(args.down_for)
+                server.start()
+                print(f"serving {server.url} again", flush=True)
         except KeyboardInterrupt:
             pass
 

@@ -37,7 +37,9 @@ from dataclasses import dataclass
 # still fails is a Reply with `error` set (genrm.ServedJudge makes it a verdict-less Verdict, fapo counts it
 # as judge_failed, never a flag), kept apart from an answer without a usable \boxed{} (unparseable).
 
-FAILURE_KINDS = ("timeout", "refused", "dropped", "http_5xx", "http_4xx", "malformed", "skipped")
+FAILURE_KINDS = ("timeout", "refused", "dropped", "http_5xx", "http_429", "http_4xx", "malformed", "skipped")
+
+OUTSTANDING_PER_SLOT = 8  # requests submitted and not yet finished, at most this many per `concurrency` slot
 
 
 class _Failure(Exception):
@@ -64,8 +66,8 @@ def _failure(e: Exception) -> _Failure:
     timeout, a dropped connection, a 5xx or 429). Not retried: other 4xx, which say our request is wrong
     (unknown model name, prompt longer than the server's context) and would fail the same way again."""
     if isinstance(e, urllib.error.HTTPError):
-        return _Failure("http_5xx" if e.code >= 500 else "http_4xx", _http_error_message(e),
-                        retry=e.code >= 500 or e.code == 429)
+        kind = "http_5xx" if e.code >= 500 else "http_429" if e.code == 429 else "http_4xx"
+        return _Failure(kind, _http_error_message(e), retry=kind != "http_4xx")
     reason = e.reason if isinstance(e, urllib.error.URLError) else e  # urllib wraps errors of the connect
     if isinstance(reason, TimeoutError):
         return _Failure("timeout", "timed out", retry=True)
@@ -128,6 +130,12 @@ class ChatClient:
     call's queued requests are not sent (kind "skipped") -- the endpoint is down, and waiting a full
     timeout per round of `concurrency` rows would stall the step for nothing.
 
+    Memory is bounded: at most `max_outstanding` = concurrency * OUTSTANDING_PER_SLOT requests are submitted
+    and unfinished at any time (running or queued in the pool). submit() returns at once below that bound;
+    past it, it waits for requests to finish (backpressure: the pool's queue would otherwise grow with
+    every request submitted, each holding its messages, however slow the server). `peak_outstanding`
+    shows the most there ever were.
+
     GENRM_API_KEY, when set, is sent as a Bearer token (never logged, not in repr).
     """
 
@@ -143,7 +151,10 @@ class ChatClient:
         # no proxy: the GenRM is our own server; rollouts must not leave through an http_proxy of the env
         self._opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="genrm-http")
+        self.max_outstanding = concurrency * OUTSTANDING_PER_SLOT
+        self._slots = threading.BoundedSemaphore(self.max_outstanding)  # one per submitted, unfinished request
         self._lock = threading.Lock()  # the counters below are updated from the pool's threads
+        self.outstanding = self.peak_outstanding = 0
         self.response_tokens = 0       # usage.completion_tokens summed, when the server reports it
         self.retried = 0               # attempts that failed and were tried again
         self.failures = dict.fromkeys(FAILURE_KINDS, 0)  # requests that gave no answer, by kind
@@ -154,8 +165,27 @@ class ChatClient:
     def submit(self, message_lists) -> Call:
         """Send one request per message list and return at once."""
         call = Call()
-        call.futures = [self._pool.submit(self._ask, call, m) for m in message_lists]
+        call.futures = [self._send(call, m) for m in message_lists]
         return call
+
+    def _send(self, call: Call, messages):
+        """Queue one request once a slot is free; its slot is given back when it ends (or is cancelled)."""
+        self._slots.acquire()
+        with self._lock:
+            self.outstanding += 1
+            self.peak_outstanding = max(self.peak_outstanding, self.outstanding)
+        try:
+            future = self._pool.submit(self._ask, call, messages)
+        except RuntimeError:  # the pool is shut down (close()): nothing was queued
+            self._release()
+            raise
+        future.add_done_callback(self._release)
+        return future
+
+    def _release(self, _future=None):
+        with self._lock:
+            self.outstanding -= 1
+        self._slots.release()
 
     def close(self):
         """Stop the pool: queued requests are cancelled, those in flight end within their timeout."""
@@ -205,3 +235,43 @@ class ChatClient:
             self.failures[f.kind] += 1
         tries = f" ({attempts} attempt{'s' * (attempts != 1)})" if attempts else ""
         return Reply(error=f"{f.kind}: {f}{tries}")
+
+
+# ---- an outage: waited through, bounded ----
+
+WAIT_BACKOFF, WAIT_BACKOFF_MAX = 2.0, 60.0  # seconds before the first re-ask; doubled each time, up to this
+
+
+def wait_for_verdicts(judging, judge, world, budget_s, label):
+    """(judging, seconds waited, {"judged", "judge_failed"} summed over ranks). When every request of a step
+    failed (a GenRM server restarting: an OOM, a node drain) and the judge is a served one (judge.background),
+    ask the same prompts again for the failed rollouts (judging.ask_again: each new verdict lands on its own
+    rollout), with backoff (2 s, doubling, at most 60 s between attempts), one line per attempt on rank 0,
+    until some verdict comes back or budget_s (--genrm-wait) is spent; an attempt under way finishes (at most
+    (retries + 1) x timeout more). Every rank takes part: one all-reduce per attempt. The caller decides what
+    an unanswered step means (train.py stops)."""
+    failed = judging.failed()
+    start, attempt = time.monotonic(), 0
+    while True:
+        over = time.monotonic() - start >= budget_s or not judge.background  # an in-process judge: no wait
+        judged, n_failed, over = world.sum([float(len(judging.judged)), float(len(failed)), float(over)])
+        if not judged or n_failed < judged or over:
+            if attempt:
+                what = "the GenRM answered again" if n_failed < judged else f"gave up waiting (--genrm-wait {budget_s:g})"
+                world.say(f"{label}: {what} after {time.monotonic() - start:.0f} s ({attempt} attempts); "
+                          f"{int(n_failed)} of {int(judged)} requests without a verdict")
+            return judging, time.monotonic() - start if attempt else 0.0, {"judged": judged, "judge_failed": n_failed,
+                                                                          "unparseable": 0}
+        attempt += 1
+        elapsed = time.monotonic() - start
+        pause = max(min(WAIT_BACKOFF * 2 ** (attempt - 1), WAIT_BACKOFF_MAX, budget_s - elapsed), 0.0)
+        errors = [v.error for v in judging.verdicts() if v.error]
+        kinds = {}
+        for e in errors:
+            kinds[e.split(":")[0]] = kinds.get(e.split(":")[0], 0) + 1
+        world.say(f"{label}: all {int(judged)} GenRM requests failed (" + ", ".join(f"{k} {n}" for k, n in kinds.items())
+                  + (f"; e.g. {errors[0]}" if errors else "") + f"); waiting for the GenRM: attempt {attempt} in "
+                  f"{pause:.0f} s ({elapsed:.0f} of --genrm-wait {budget_s:g} s spent)")
+        time.sleep(pause)
+        judging = judging.ask_again(judge, failed)
+        failed = judging.failed()

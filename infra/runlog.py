@@ -52,7 +52,8 @@ class Logger:
     def last_step_record(self):
         return next((m for m in reversed(self.records) if "eval" not in m), None)
 
-    def log(self, m, show=("reward", "acc", "flawed_ratio", "unparseable", "judge_failed", "loss", "verdict_acc")):
+    def log(self, m, show=("reward", "acc", "flawed_ratio", "unparseable", "judge_failed", "groups_unjudged", "loss",
+                       "verdict_acc")):
         self.records.append(m)
         if self.wandb is not None:  # numbers only ("eval": "start" is a tag); evals at their step
             self.last_step = m.get("step", self.last_step)

@@ -38,3 +38,17 @@ def pytest_configure(config):
         import torch
         torch.set_num_threads(1)
         os.environ["OMP_NUM_THREADS"] = "1"
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def toy_cold_start(tmp_path_factory):
+    """One 40-step toy SFT cold start (enough for some right answers), exported once per test session (per
+    xdist worker): RL tests start from it with --model DIR instead of each repeating the cold start."""
+    import train
+    out = tmp_path_factory.mktemp("coldstart")
+    train.main(["--task", "sft", "--sft-steps", "40", "--sft-batch", "16", "--sft-lr", "1e-2", "--sft-warmup", "1",
+                "--test-data", "none", "--no-progress", "--out", str(out)])
+    return str(out / "sft" / "hf")

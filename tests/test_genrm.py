@@ -8,8 +8,10 @@ import pytest
 
 import data
 import genrm
+import processbench
 from conftest import SHARED_DATA
-from genrm import critic_metrics, genrm_reward, parse_index
+from genrm import genrm_reward, parse_index
+from processbench import critic_metrics
 
 SAMPLE = os.path.join(SHARED_DATA, "fapo-critic-sample.jsonl")
 
@@ -166,7 +168,7 @@ def test_pooled_f1_differs_from_subset_average():
 
 
 def test_pb_subset_by_suffix():
-    assert [genrm.pb_subset(s) for s in ["processbench_gsm8k", "PRM/processbench_math", "processbench_omnimath",
+    assert [processbench.pb_subset(s) for s in ["processbench_gsm8k", "PRM/processbench_math", "processbench_omnimath",
                                          "x_olympiadbench", "fapo_critic"]] == [
         "gsm8k", "math", "omnimath", "olympiadbench", "fapo_critic"]
 

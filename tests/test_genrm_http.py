@@ -16,7 +16,7 @@ import data
 import fapo
 import genrm
 import toy
-from bench.genrm_server import GenRMServer
+from bench.genrm_server import Chaos, GenRMServer, request_tag
 
 ROWS = toy.critic_rows(40, seed=7)  # (row, problem, steps): half the solutions flawed
 ARGS = ([p.text for _, p, _ in ROWS], [p.answer for _, p, _ in ROWS], [s for _, _, s in ROWS])
@@ -173,6 +173,46 @@ def test_garbage_is_unparseable_not_a_failure(fresh):
         got = judge(*first(4))
     assert all(v.index is None and v.error is None and v.text for v in got)
     assert sum(judge.failures.values()) == 0 and fresh.requests == 4  # an answer: not retried
+
+
+def test_429_is_retried_and_counted_apart():
+    with GenRMServer(chaos=Chaos(seed=0, p_429=1.0)) as s, judge_for(s.url, retries=2) as judge:
+        got = judge(*first(3))
+    assert all(v.index is None and v.error.startswith("http_429") for v in got)
+    assert judge.failures["http_429"] == 3 and judge.failures["http_4xx"] == 0 and s.requests == 3 * 3
+    assert s.outcomes["429"] == 9
+
+
+def test_chaos_is_seeded_and_signed():
+    a, b = Chaos(5, 0.01, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1), Chaos(5, 0.01, 0.1, 0.1, 0.1, 0.1, 0.1, 0.1)
+    assert [a.draw() for _ in range(50)] == [b.draw() for _ in range(50)]
+    with GenRMServer(sign=True) as s, judge_for(s.url) as judge:
+        prompts = judge.prompts(*first(3))
+        got = judge(*first(3))
+    assert [v.text.split("\n")[0] for v in got] == [request_tag(data.as_messages(p)[-1]["content"]) for p in prompts]
+    assert indices(got) == indices(genrm.CheckerJudge(toy.check)(*first(3)))
+
+
+def test_server_killed_and_served_again_on_the_same_port(fresh):
+    url = fresh.url
+    fresh.stop()
+    with judge_for(url, retries=0) as judge:
+        assert all(v.error.startswith(("refused", "skipped")) for v in judge(*first(2)))
+    fresh.start()
+    assert fresh.url == url
+    with judge_for(url) as judge:
+        assert indices(judge(*first(2))) == indices(genrm.CheckerJudge(toy.check)(*first(2)))
+
+
+def test_submitted_requests_are_bounded(fresh):
+    """40 requests submitted at once to a slow server, 2 in flight: at most 2 x 8 are ever submitted and
+    unfinished (submit waits for slots), and every verdict still lands in its place."""
+    fresh.slow = 0.03
+    with judge_for(fresh.url, concurrency=2) as judge:
+        got = judge(*first(40))
+        client = judge.client
+    assert client.max_outstanding == 16 and client.peak_outstanding == 16
+    assert indices(got) == indices(genrm.CheckerJudge(toy.check)(*first(40)))
 
 
 def test_4xx_is_not_retried():

@@ -22,13 +22,15 @@ ALLOWED = {
     "infra.runlog": {"infra.checkpoint"},
     "sampler": {"infra.fastdecode"},
     "toy": {"data"},
-    "genrm": {"data", "sampler", "infra.fsdp", "infra.genrm_client", "toy"},
+    "arith": {"data"},
+    "processbench": {"data"},
+    "genrm": {"data", "processbench", "sampler", "infra.fsdp", "infra.genrm_client", "toy"},
     "fapo": {"data", "genrm"},
     "grpo": set(),
     "config": {"grpo", "toy", "sampler"},
-    "evaluate": {"fapo", "genrm", "infra.runlog"},
-    "train": {"config", "data", "evaluate", "fapo", "genrm", "grpo", "sampler", "toy", "infra.checkpoint",
-              "infra.fsdp", "infra.runlog"},
+    "evaluate": {"fapo", "genrm", "processbench", "infra.runlog"},
+    "train": {"arith", "config", "data", "evaluate", "fapo", "genrm", "grpo", "sampler", "toy", "infra.checkpoint",
+              "infra.fsdp", "infra.genrm_client", "infra.runlog"},
 }
 
 

@@ -14,6 +14,7 @@ import config
 import data
 import fapo
 import genrm
+import processbench
 import toy
 from data import Row
 
@@ -276,7 +277,7 @@ def test_official_table_on_a_four_subset_file(tmp_path):
     assert m["pb_f1"] == pytest.approx(2 / 3) and m["math/pb_f1"] == 1.0 and m["omnimath/pb_f1"] == 0.0
     assert m["avg_f1"] == pytest.approx((2 / 3 + 1 + 0 + 0) / 4)
     assert m["unparseable"] == pytest.approx(2 / 9)
-    out = genrm.report(m)
+    out = processbench.report(m)
     assert "official script, group 'PRM' (9 rows" in out and "avg f1 (mean of the 4 subset f1s)" in out
     assert "F1 (PB), pooled over 9 rows" in out
     print("\n" + out)
@@ -293,11 +294,11 @@ def test_strict_votes_break_the_tie_differently(tmp_path):
 
 def test_official_groups_and_branches():
     ds = ["PRM/processbench_gsm8k", "processbench_gsm8k", "PRM_v2/a/gsm8k", "processbench_gsm8k", "PRM/x"]
-    m = genrm.official_metrics(ds, [-1, 2, -1, -1, 1], [True] * 5, [-1, 0, -1, 1, 1])
+    m = processbench.official_metrics(ds, [-1, 2, -1, -1, 1], [True] * 5, [-1, 0, -1, 1, 1])
     assert list(m) == ["PRM", "processbench_gsm8k", "PRM_v2"]  # split("/")[0], first-seen order
     assert m["PRM"]["count"] == 2
     orm = m["processbench_gsm8k"]  # no "PRM" in the name: outcome verdicts, 0 = wrong, 1 = right
     assert "pb_f1" not in orm and orm["err_acc"] == 1.0 and orm["corr_acc"] == 1.0 and orm["fp_acc"] == 1.0
     g = m["PRM_v2"]  # subsets missing: their f1 and the average are nan; nothing flagged: precision nan
     assert math.isnan(g["math_f1"]) and math.isnan(g["avg_f1"]) and math.isnan(g["fp_precision"])
-    assert "nan" in genrm.report({"official": m, "n_err": 0, "n_corr": 0, "n_fp": 0})
+    assert "nan" in processbench.report({"official": m, "n_err": 0, "n_corr": 0, "n_fp": 0})

@@ -414,10 +414,10 @@ def test_real_data_run_with_a_qwen_tokenizer(tmp_path):
 
 # ---- the GenRM as a service (issue 13) ----
 
-def test_toy_run_judged_over_http_equals_the_in_process_oracle(tmp_path):
+def test_toy_run_judged_over_http_equals_the_in_process_oracle(tmp_path, toy_cold_start):
     """The checker behind the test server: the same flags, hence the same run, as the in-process oracle."""
     from bench.genrm_server import GenRMServer
-    args = TINY + ["--steps", "2", "--eval-every", "0", "--sft-steps", "40", "--overlap-waves", "1"]  # some right answers
+    args = TINY + ["--steps", "2", "--eval-every", "0", "--model", toy_cold_start, "--overlap-waves", "1"]
     train.main(args + ["--out", str(tmp_path / "oracle")])
     with GenRMServer() as server:
         train.main(args + ["--out", str(tmp_path / "http"), "--genrm", server.url, "--genrm-model", "toy"])
@@ -432,20 +432,21 @@ def test_toy_run_judged_over_http_equals_the_in_process_oracle(tmp_path):
     assert served > 0 and all(m["judge_failed"] == 0.0 and "judge_share" in m for m in c)
 
 
-def test_a_dead_genrm_service_stops_the_run(tmp_path):
+def test_a_dead_genrm_service_stops_the_run(tmp_path, toy_cold_start):
     """Every request failing must stop the run, not train on a silent baseline."""
     from bench.genrm_server import GenRMServer
     with GenRMServer(fail=-1) as server:
         with pytest.raises(RuntimeError, match="GenRM requests failed"):
-            train.main(TINY + ["--steps", "2", "--eval-every", "0", "--sft-steps", "40", "--out", str(tmp_path / "x"),
-                               "--genrm", server.url, "--genrm-model", "toy", "--genrm-retries", "0"])
+            train.main(TINY + ["--steps", "2", "--eval-every", "0", "--model", toy_cold_start, "--out", str(tmp_path / "x"),
+                               "--genrm", server.url, "--genrm-model", "toy", "--genrm-retries", "0",
+                               "--genrm-wait", "0"])  # no wait for a restart (tests/test_chaos.py: with one)
 
 
 # ---- visibility (issue 15) ----
 
-def test_rollout_dumps_hold_the_judges_critiques(tmp_path):
+def test_rollout_dumps_hold_the_judges_critiques(tmp_path, toy_cold_start):
     out = tmp_path / "d"
-    train.main(TINY + ["--out", str(out), "--steps", "1", "--sft-steps", "40", "--eval-every", "0", "--dump-every", "1",
+    train.main(TINY + ["--out", str(out), "--steps", "1", "--model", toy_cold_start, "--eval-every", "0", "--dump-every", "1",
                        "--dump-prompts", "2"])
     rows = read_jsonl(out / "dumps" / "rl_step1.jsonl")
     assert len(rows) == 2 * 4  # 2 prompts x 4 rollouts
