@@ -504,6 +504,10 @@ class Task:
         """(prompt, target response) for one SFT sequence."""
         raise NotImplementedError
 
+    def encode(self, tokenizer, rows, max_len):
+        """(rows kept, their prompt ids, how many were dropped): encode_rows (a task may remember it)."""
+        return encode_rows(tokenizer, rows, max_len)
+
 
 class FileTask(Task):
     """Rows from files (verl's schema). SFT targets are extra_info.response, checked when SFT needs them."""

@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from data import PROMPT_PHRASES, Row, Task, critic_prompt, load_critic_rows, load_rows
+from data import PROMPT_PHRASES, Row, Task, critic_prompt, encode_rows, load_critic_rows, load_rows
 
 SOURCE, CRITIC_SOURCE = "toy_arith", "toy_critic"
 TRAIN_PROMPTS, TRAIN_CRITIC_ROWS, TEST_ROWS = 20000, 4000, 256  # pool sizes of the demo
@@ -265,6 +265,7 @@ _WORDS = list(dict.fromkeys(re.findall(r"[A-Za-z]+", " ".join(PROMPT_PHRASES[:1]
 _PATTERN = r"\\boxed\{|</?paragraph_\d+>|<\|[a-z_]+\|>| ?[A-Za-z]+|\n\n|."
 
 
+@functools.lru_cache(maxsize=2)  # one object per setting: never modified after it is built
 def tokenizer(phrases=PROMPT_PHRASES, max_paragraphs=16):
     """A word-level tokenizer: digits and symbols one token each, English words whole (with their
     leading space), and each of `phrases` (the GenRM prompt's fixed sentences) a single token, so the
@@ -347,10 +348,29 @@ class ToyTask(Task):
             test = (load_critic_rows if self.kind == "critic" else load_rows)(self.test)[: self.n_test]
         return train, test
 
+    def encode(self, tok, rows, max_len):
+        """data.encode_rows, remembered for the toy tokenizer: the 20,000-prompt pool costs 0.75 s to encode,
+        and tests (and notebooks) build many toy runs in one process."""
+        if tok is tokenizer():
+            return _encoded(rows, max_len)
+        return super().encode(tok, rows, max_len)
+
     def sft_example(self, rng):
         if self.kind == "critic":  # the toy GenRM's cold start: checker-written critiques
             return critic_sft_example(rng)
         return sft_example(rng, self.flawed_share, self.regime, self.slip_share)
+
+
+_ENCODED = {}  # (id of a task_rows list, max_len) -> (the list, encode_rows of it): task_rows' lists live on
+
+
+def _encoded(rows, max_len):
+    key = (id(rows), max_len)
+    if key not in _ENCODED or _ENCODED[key][0] is not rows:
+        while len(_ENCODED) >= 8:  # bounded: task_rows keeps 4 lists
+            _ENCODED.pop(next(iter(_ENCODED)))
+        _ENCODED[key] = rows, encode_rows(tokenizer(), rows, max_len)
+    return _ENCODED[key][1]
 
 
 def add_flags(ap):

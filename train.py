@@ -374,8 +374,8 @@ def load_model(cfg, world, dtype, tokenizer):
 def encode(task, tokenizer, cfg, world):
     """(train rows, ids, test rows, ids): over-long prompts dropped and counted, never truncated."""
     train, test = task.rows()
-    train, train_ids, dropped = data.encode_rows(tokenizer, train, cfg.max_prompt_len)
-    test, test_ids, dropped_test = data.encode_rows(tokenizer, test, cfg.max_prompt_len)
+    train, train_ids, dropped = task.encode(tokenizer, train, cfg.max_prompt_len)
+    test, test_ids, dropped_test = task.encode(tokenizer, test, cfg.max_prompt_len)
     if dropped or dropped_test:
         world.say(f"dropped over-long prompts (> {cfg.max_prompt_len} tokens): train {dropped}, test {dropped_test}")
     if not train:

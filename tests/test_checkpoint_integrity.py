@@ -5,9 +5,9 @@ complete state before it, and refuses, in one line, when none is whole.
 Run as a script under torchrun, this file is also the worker of the 2-process fallback test."""
 import json
 import os
+import pathlib
 import random
 import shutil
-import subprocess
 import sys
 
 import pytest
@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from infra import checkpoint, fsdp  # noqa: E402
 import train  # noqa: E402
-from test_fsdp import ENV, FAST, assert_same, hf_tensors, load_fresh, snapshot, step, tiny_setup  # noqa: E402
+from test_fsdp import FAST, assert_same, hf_tensors, load_fresh, snapshot, step, tiny_setup  # noqa: E402
 from test_train import TINY  # noqa: E402
 
 
@@ -199,17 +199,17 @@ def test_old_layouts_still_load_or_give_a_clear_error(tmp_path):
         load_fresh(old)
 
 
-def test_a_resumed_run_recovers_from_a_damaged_last_checkpoint(tmp_path):
+def test_a_resumed_run_recovers_from_a_damaged_last_checkpoint(tmp_path, capsys):
     """End to end: a finished run's last RL state is damaged; --resume falls back to step 2, redoes step 3 and
     saves it: the weights equal the first run's export of step 3, bit for bit."""
     out = str(tmp_path / "run")
     train.main(TINY + FAST + ["--out", out])
     rl = os.path.join(out, "rl")
     truncate(os.path.join(rl, "ckpt", "step_000003", "trainer.pt"), 9)
-    r = subprocess.run([sys.executable, "train.py", "--out", out, "--resume"] + TINY + FAST, cwd=ROOT, env=ENV,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert "step_000003 is damaged (trainer.pt: truncated: size" in r.stdout and "resumed from" in r.stdout
+    capsys.readouterr()
+    train.main(TINY + FAST + ["--out", out, "--resume"])  # in this process: what rank 0 prints is captured
+    printed = capsys.readouterr().out
+    assert "step_000003 is damaged (trainer.pt: truncated: size" in printed and "resumed from" in printed
     steps = [m["step"] for m in map(json.loads, open(os.path.join(rl, "metrics.jsonl"))) if "eval" not in m]
     assert steps == [1, 2, 3]
     assert sorted(os.listdir(os.path.join(rl, "ckpt"))) == ["latest", "step_000002", "step_000003",
@@ -220,22 +220,20 @@ def test_a_resumed_run_recovers_from_a_damaged_last_checkpoint(tmp_path):
     assert exported.keys() <= full.keys() and all(torch.equal(v, full[k]) for k, v in exported.items())
 
 
-def test_two_processes_agree_on_a_fallback(tmp_path):
+@pytest.mark.xdist_group("two_ranks")
+def test_two_processes_agree_on_a_fallback(two_ranks):
     """2 processes save; a bit of rank 0's shard flips, and rank 1 is the one that checks it: both ranks fall
-    back to step 1 and load it."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           os.path.abspath(__file__), str(tmp_path)]
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    back to step 1 and load it (tests/two_ranks.py)."""
+    tmp_path = pathlib.Path(two_ranks.result("fallback", ""))
     assert [open(tmp_path / f"rank{k}").read() for k in (0, 1)] == ["1 same"] * 2
-    assert "step_000002 is damaged (__0_0.distcp: checksum mismatch)" in r.stdout
+    assert "step_000002 is damaged (__0_0.distcp: checksum mismatch)" in two_ranks.stdout
     marker = json.load(open(tmp_path / "run" / "ckpt" / "step_000001" / "COMPLETE"))
     assert marker["world_size"] == 2
     assert set(marker["files"]) == {"__0_0.distcp", "__1_0.distcp", ".metadata", "trainer.pt"}
 
 
-def _worker(tmp):
-    torch.set_num_threads(1)
+def two_rank_job(tmp):
+    """tests/two_ranks.py: both ranks save twice, rank 0 flips a bit of its step-2 shard, both load."""
     out = os.path.join(tmp, "run")
     (world, *_), (before, _) = two_states(out)
     if world.main:  # sorted names: .metadata, __0_0, __1_0, trainer.pt; rank 1 checks the 2nd and the 4th
@@ -249,8 +247,3 @@ def _worker(tmp):
         same = "differs"
     with open(os.path.join(tmp, f"rank{world.rank}"), "w") as f:
         f.write(f"{state['step']} {same}")
-    fsdp.close()
-
-
-if __name__ == "__main__":
-    _worker(sys.argv[1])

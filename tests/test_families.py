@@ -6,8 +6,6 @@ through train.py on 1 process and on 2 (torchrun)."""
 import json
 import math
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -33,24 +31,6 @@ FAMILIES = {
 }
 
 
-@pytest.fixture(scope="session")
-def family_dirs(tmp_path_factory):
-    """One saved tiny random model per family (built once for the session)."""
-    tok = toy.tokenizer()
-    root = tmp_path_factory.mktemp("families")
-    out = {}
-    for name, (cls, extra) in FAMILIES.items():
-        cfg = getattr(transformers, cls)(vocab_size=len(tok) + 7, eos_token_id=tok.eos_token_id,
-                                         bos_token_id=None, **{**SMALL, **extra})
-        torch.manual_seed(0)
-        model = AutoModelForCausalLM.from_config(cfg)
-        model.lm_head.weight.data *= 20  # peaked logits: greedy ties (random weights) would make parity luck
-        model.save_pretrained(root / name)
-        tok.save_pretrained(root / name)
-        out[name] = str(root / name)
-    return out
-
-
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_family_loads_on_meta_and_decodes_like_generate(family, family_dirs):
     path = family_dirs[family]
@@ -72,8 +52,10 @@ def test_family_loads_on_meta_and_decodes_like_generate(family, family_dirs):
 
 
 def rl_args(path, out):
-    return ["--model", path, "--data", "toy", "--test-data", "none", "--steps", "1", "--prompts-per-step", "2",
-            "--rollouts", "2", "--max-response-len", "8", "--no-progress", "--out", out, "--lr", "1e-3"]
+    return ["--model", path, "--data", os.path.join(path, "rows.jsonl"), "--test-data", "none", "--genrm", "none",
+            "--steps", "1", "--prompts-per-step", "2", "--rollouts", "2", "--max-prompt-len", "64",
+            "--max-response-len", "8", "--overlong-buffer", "0", "--mini-batch-prompts", "0", "--micro-batch-tokens",
+            "0", "--logprob-batch-tokens", "0", "--no-progress", "--out", out, "--lr", "1e-3"]
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
@@ -86,21 +68,17 @@ def test_family_trains_one_rl_step(family, family_dirs, tmp_path, capsys):
     assert step["step"] == 1 and step["entropy"] > 0 and math.isfinite(step["loss"]) and step["grad_norm"] >= 0
 
 
-def test_every_family_trains_on_two_processes(family_dirs, tmp_path):
-    """One torchrun launch per family would cost a start-up each: a worker runs them all on 2 ranks."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           os.path.abspath(__file__), str(tmp_path), json.dumps(family_dirs)]
-    r = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True, text=True,
-                       timeout=600)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+@pytest.mark.xdist_group("two_ranks")
+def test_every_family_trains_on_two_processes(two_ranks):
+    """One RL step of every family on 2 ranks (tests/two_ranks.py: one torchrun launch for all of them)."""
+    out = two_ranks.result("families", "")
     for family in FAMILIES:
-        step = json.loads(open(tmp_path / family / "rl" / "metrics.jsonl").readline())
+        step = json.loads(open(os.path.join(out, family, "rl", "metrics.jsonl")).readline())
         assert step["step"] == 1 and step["entropy"] > 0 and math.isfinite(step["loss"]), family
 
 
-if __name__ == "__main__":  # the 2-process worker: one RL step of every family through train.train
+def two_rank_job(out, dirs):
+    """tests/two_ranks.py: one RL step of every family through train.train, on 2 ranks."""
     import config
-    out, dirs = sys.argv[1], json.loads(sys.argv[2])
     for name, path in dirs.items():
         train.train(config.parse_config(rl_args(path, os.path.join(out, name))))
-    fsdp.close()

@@ -5,6 +5,7 @@ Run as a script under torchrun, this file is also the worker of the 2-process te
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 
@@ -237,11 +238,9 @@ def test_nonfinite_weights_are_never_saved_or_exported(tmp_path):
 def test_nan_run_stops_with_a_clear_error_and_keeps_a_finite_checkpoint(tmp_path):
     """--sft-lr 1e30: the weights blow up, gradients go non-finite, updates are skipped, then the run stops."""
     out = str(tmp_path / "nan")
-    r = subprocess.run([sys.executable, "train.py", "--out", out] + TINY + FAST + [
-        "--sft-steps", "5", "--sft-lr", "1e30", "--save-every", "1", "--max-bad-steps", "2"],
-        cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0
-    assert "consecutive steps with a non-finite loss or gradient" in r.stderr, r.stderr[-2000:]
+    with pytest.raises(FloatingPointError, match="consecutive steps with a non-finite loss or gradient"):
+        train.main(TINY + FAST + ["--out", out, "--sft-steps", "5", "--sft-lr", "1e30", "--save-every", "1",
+                                  "--max-bad-steps", "2"])
     world, model, opt, sched = tiny_setup()
     assert checkpoint.Checkpointer(os.path.join(out, "sft"), world).load(model, opt, sched)["step"] >= 1
     assert checkpoint.all_finite(model)
@@ -295,18 +294,15 @@ def test_killed_run_resumes_bit_identical(tmp_path):
     assert steps == [1, 2, 3]
 
 
-def test_two_process_checkpoint_resumes_in_one(tmp_path):
+@pytest.mark.xdist_group("two_ranks")
+def test_two_process_checkpoint_resumes_in_one(two_ranks, tmp_path):
     """A 2-process run killed after its RL step-2 save resumes in 1 process: the loaded weights are the
-    2-process run's (bit for bit, against its export of that step) and the run completes."""
+    2-process run's (bit for bit, against its export of that step) and the run completes (tests/two_ranks.py's
+    last job: the launch ends there, killed)."""
+    killed = two_ranks.result("killed", "worker_ok", done=False)
+    assert two_ranks.returncode != 0, "the 2-process run was not killed at its fault point"
     out = str(tmp_path / "two")
-    # with --export-every 2: SFT saves and exports at steps 2, 4, 6, re-links its final export (1 point),
-    # then RL saves and exports at step 2: die at that export's last point
-    save, export = len(checkpoint.SAVE_POINTS), len(checkpoint.EXPORT_POINTS)
-    at = 3 * (save + export) + 1 + save + export
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
-           os.path.abspath(__file__), str(tmp_path), str(at)]
-    r = subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode != 0 and os.path.exists(tmp_path / "worker_ok"), r.stdout[-3000:] + r.stderr[-3000:]
+    shutil.copytree(os.path.join(os.path.dirname(killed), "two"), out, symlinks=True)
     assert open(os.path.join(out, "rl", "ckpt", "latest")).read() == "step_000002"
     from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
     from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
@@ -328,10 +324,14 @@ def test_two_process_checkpoint_resumes_in_one(tmp_path):
     assert steps == [1, 2, 3] and os.path.realpath(os.path.join(out, "rl", "hf")).endswith("step_000003")
 
 
-def _worker(tmp, fault_at):
-    """2 processes: load_pretrained with uneven shards equals from_pretrained; then the TINY run, killed
-    (FAPO_FAULT_AT) right after its RL step-2 save and export."""
-    torch.set_num_threads(1)
+def two_rank_job(tmp):
+    """tests/two_ranks.py: load_pretrained with uneven shards on 2 ranks equals from_pretrained; then the TINY run,
+    killed (FAPO_FAULT_AT) right after its RL step-2 save and export. With --export-every 2: SFT saves and exports
+    at steps 2, 4, 6, re-links its final export (1 point), then RL saves and exports at step 2: die at that
+    export's last point (fault points counted from this job on)."""
+    save, export = len(checkpoint.SAVE_POINTS), len(checkpoint.EXPORT_POINTS)
+    fault_at = str(3 * (save + export) + 1 + save + export)
+    checkpoint._fault_count = 0
     world = fsdp.World()
     path = os.path.join(tmp, "m")
     if world.main:
@@ -346,8 +346,6 @@ def _worker(tmp, fault_at):
     train.main(TINY + FAST + ["--out", os.path.join(tmp, "two"), "--export-every", "2"])
 
 
-if __name__ == "__main__":
-    _worker(sys.argv[1], sys.argv[2])
 
 
 # ---- judging memory ----

@@ -139,20 +139,24 @@ def out_dir(tmp_path):
 
 def test_rl_step_resume_is_bit_exact_and_export_decodes_like_the_policy(model_dir, hf, short_rows, out_dir,
                                                                         monkeypatch):
+    """Run a: one RL step, saved and exported; its export decodes greedily as the in-memory policy does. Then a
+    second step twice: continued in memory (the uninterrupted run: train.rl_step on the same Run, its optimizer
+    and scheduler) and resumed from a's checkpoint by `--resume` (run b): the same weights, byte for byte. A
+    second full run as the reference would cost this 135M model another step, save and export."""
     tok, _ = hf
-    tmp_path = out_dir
     runs = []
     setup = train.setup
     monkeypatch.setattr(train, "setup", lambda cfg: runs.append(setup(cfg)) or runs[-1])
-    a, b = str(tmp_path / "a"), str(tmp_path / "b")
-    train.train(config.parse_config(rl_args(model_dir, short_rows, a, 2) + ["--save-every", "1"]))
-    # the in-memory policy after 2 steps decodes greedily as its export does (read by from_pretrained)
+    a, b = str(out_dir / "a"), str(out_dir / "b")
+    train.train(config.parse_config(rl_args(model_dir, short_rows, a, 1)))
+    run = runs.pop()
+    # the in-memory policy after its step decodes greedily as its export does (read by from_pretrained)
     ids = prompt_ids(tok, PROMPTS[:2])
     eos = tok.eos_token_id
-    with fsdp.gathered(runs[0].model), torch.no_grad():
-        mine = [c.tokens for c in sampler.generate(runs[0].model.eval(), ids, NEW_TOKENS, temperature=0,
+    with fsdp.gathered(run.model), torch.no_grad():
+        mine = [c.tokens for c in sampler.generate(run.model.eval(), ids, NEW_TOKENS, temperature=0,
                                                    eos_token_id=eos, pad_token_id=eos, fast=False)]
-    runs.clear()
+    run.model.train()
     from transformers import AutoModelForCausalLM
     exported = AutoModelForCausalLM.from_pretrained(os.path.join(a, "rl", "hf"), dtype=torch.float32).eval()
     for p, toks in zip(ids, mine):
@@ -160,26 +164,23 @@ def test_rl_step_resume_is_bit_exact_and_export_decodes_like_the_policy(model_di
                                 pad_token_id=eos)[0, len(p):].tolist()
         assert toks == ref
     del exported
-    # run b resumes from run a's step-1 checkpoint (the last two are kept), linked rather than recomputed: a
-    # separate 1-step run would cost this 135M model another step, save and export for the same state
-    os.makedirs(os.path.join(b, "rl", "ckpt"))
-    shutil.copy(os.path.join(a, "config.json"), b)
-    shutil.copytree(os.path.join(a, "rl", "ckpt", "step_000001"), os.path.join(b, "rl", "ckpt", "step_000001"),
-                    copy_function=os.link)
-    open(os.path.join(b, "rl", "ckpt", "latest"), "w").write("step_000001")
-    with open(os.path.join(a, "rl", "metrics.jsonl")) as f:
-        open(os.path.join(b, "rl", "metrics.jsonl"), "w").write(f.readline())
-    train.train(config.parse_config(rl_args(model_dir, short_rows, b, 2) + ["--resume", "--save-every", "1"]))
+    # step 2, uninterrupted: what run_phase's loop would do next with this run
+    steps = [json.loads(line) for line in open(os.path.join(a, "rl", "metrics.jsonl"))]
+    steps.append(train.rl_step(1, run))
+    uninterrupted = {k: v.clone() for k, v in fsdp.full_state_dict(run.model).items()}
+    del run
+    # step 2, resumed: run b starts from run a's directory (linked, not copied) with --resume --steps 2
+    shutil.copytree(a, b, copy_function=os.link, symlinks=True)
+    train.train(config.parse_config(rl_args(model_dir, short_rows, b, 2) + ["--resume"]))
     runs.clear()
     fsdp.close()
-    steps = [json.loads(line) for line in open(os.path.join(a, "rl", "metrics.jsonl"))]
     assert [m["step"] for m in steps] == [1, 2] and all(m["entropy"] > 0 for m in steps)
     assert any(m["grad_norm"] > 0 for m in steps)  # a real update, not weight decay alone
-    weights = [open(os.path.join(d, "rl", "hf", "model.safetensors"), "rb").read() for d in (a, b)]
-    assert weights[0] == weights[1]  # 2 steps == 1 step, resume, 1 step: byte for byte
     from safetensors.torch import load_file
-    before, after = load_file(os.path.join(model_dir, "model.safetensors")), load_file(os.path.join(a, "rl", "hf",
-                                                                                                   "model.safetensors"))
-    assert not all(torch.equal(before[k], after[k]) for k in before)  # the steps changed the weights
-    resumed = [json.loads(line) for line in open(os.path.join(b, "rl", "metrics.jsonl"))]
-    assert [m["reward"] for m in resumed] == [m["reward"] for m in steps]
+    resumed = load_file(os.path.join(b, "rl", "hf", "model.safetensors"))
+    assert resumed.keys() <= uninterrupted.keys()
+    assert all(torch.equal(resumed[k], uninterrupted[k]) for k in resumed)  # bit for bit
+    before = load_file(os.path.join(model_dir, "model.safetensors"))
+    assert not all(torch.equal(before[k], resumed[k]) for k in before)  # the steps changed the weights
+    logged = [json.loads(line) for line in open(os.path.join(b, "rl", "metrics.jsonl"))]
+    assert [m["reward"] for m in logged] == [m["reward"] for m in steps]
