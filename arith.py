@@ -46,7 +46,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from data import Row, Task, load_rows
+from data import Row, Task, distinct_rows, load_rows
 
 SOURCE = "arith"
 TRAIN_PROMPTS, TEST_ROWS = 20000, 256
@@ -126,13 +126,7 @@ def problem_row(p: ArithProblem) -> Row:
 
 def rows(n: int, seed: int, exclude=()) -> list[Row]:
     """n distinct problems (seeded) whose text is not in `exclude`."""
-    rng, seen, out = random.Random(seed), set(exclude), []
-    while len(out) < n:
-        p = make_problem(rng)
-        if p.text not in seen:
-            seen.add(p.text)
-            out.append(problem_row(p))
-    return out
+    return distinct_rows(n, seed, make_problem, problem_row, exclude)
 
 
 @functools.lru_cache(maxsize=4)

@@ -1,4 +1,4 @@
-"""data.py -- rows in, answers checked, solutions split into steps (real data; the toy task is toy.py).
+"""data.py -- rows in, prompts out, answers checked, solutions split into steps (the built-in tasks: toy.py, arith.py).
 
 Everything the rest of the project knows about data lives here, with no model in sight:
 
@@ -14,6 +14,7 @@ Everything the rest of the project knows about data lives here, with no model in
     judge_prompt(fmt, ...)          the message a judge sends: 'official' or 'critic' (--judge-prompt)
     check_critic_rows / load_critic_rows  critique rows (ours or the official eval format) normalised, checked
     Task, FileTask                  what a run trains on: rows, SFT targets, an exact checker (toy.ToyTask too)
+    distinct_rows(n, seed, ...)     rows of distinct generated problems (the built-in tasks' pools)
 
 Use: `rows = load_rows("train.parquet"); ok, pred = verify(response_text, rows[0].ground_truth)`.
 Plain problem/answer rows -> verl rows with the official prompt, answers canonicalised (27.0 -> 27):
@@ -485,6 +486,20 @@ def load_critic_rows(path) -> list[Row]:
 
 
 # ---- tasks: what a run trains on ----
+
+
+def distinct_rows(n: int, seed: int, make_problem, to_row, exclude=()) -> list[Row]:
+    """n rows of distinct generated problems: make_problem(rng) with a seeded rng until n texts are unique and
+    none is in `exclude` (keeps a test split out of train); to_row(problem) -> Row. (toy.py, arith.py)"""
+    rng, seen, out = random.Random(seed), set(exclude), []
+    while len(out) < n:
+        p = make_problem(rng)
+        if p.text not in seen:
+            seen.add(p.text)
+            out.append(to_row(p))
+    return out
+
+
 
 
 class Task:

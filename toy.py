@@ -46,7 +46,7 @@ from dataclasses import dataclass
 
 import torch
 
-from data import PROMPT_PHRASES, Row, Task, critic_prompt, encode_rows, load_critic_rows, load_rows
+from data import PROMPT_PHRASES, Row, Task, critic_prompt, distinct_rows, encode_rows, load_critic_rows, load_rows
 
 SOURCE, CRITIC_SOURCE = "toy_arith", "toy_critic"
 TRAIN_PROMPTS, TRAIN_CRITIC_ROWS, TEST_ROWS = 20000, 4000, 256  # pool sizes of the demo
@@ -195,13 +195,7 @@ def problem_row(p: ToyProblem) -> Row:
 
 def rows(n: int, seed: int, exclude=()) -> list[Row]:
     """n distinct toy problems as rows, none of whose text is in `exclude` (keeps test out of train)."""
-    rng, seen, out = random.Random(seed), set(exclude), []
-    while len(out) < n:
-        p = make_problem(rng)
-        if p.text not in seen:
-            seen.add(p.text)
-            out.append(problem_row(p))
-    return out
+    return distinct_rows(n, seed, make_problem, problem_row, exclude)
 
 
 def critique(p: ToyProblem, steps: list[str]) -> str:

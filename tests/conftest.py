@@ -81,8 +81,22 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def family_dirs(tmp_path_factory):
-    """One saved tiny random model per decoder family of test_families.FAMILIES (built once for the session),
-    with a few rows (rows.jsonl) to train on."""
+    """One saved tiny random model per decoder family of test_families.FAMILIES, with a few rows (rows.jsonl)
+    to train on: built once for the session, by the first xdist worker that needs them (under a lock)."""
+    import fcntl
+    from test_families import FAMILIES
+    base = tmp_path_factory.getbasetemp()
+    base = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # the workers' common folder
+    root = base / "families"
+    with open(base / "families.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (root / "done").exists():
+            save_families(root)
+            (root / "done").touch()
+    return {name: str(root / name) for name in FAMILIES}
+
+
+def save_families(root):
     import json
 
     import torch
@@ -92,8 +106,6 @@ def family_dirs(tmp_path_factory):
     import toy
     from test_families import FAMILIES, SMALL
     tok = toy.tokenizer()
-    root = tmp_path_factory.mktemp("families")
-    out = {}
     for name, (cls, extra) in FAMILIES.items():
         cfg = getattr(transformers, cls)(vocab_size=len(tok) + 7, eos_token_id=tok.eos_token_id,
                                          bos_token_id=None, **{**SMALL, **extra})
@@ -105,8 +117,6 @@ def family_dirs(tmp_path_factory):
         with open(root / name / "rows.jsonl", "w") as f:  # a few toy problems: an RL step needs no 20,000-row pool
             f.writelines(json.dumps({"prompt": r.prompt, "reward_model": {"ground_truth": r.ground_truth},
                                      "data_source": r.data_source}) + "\n" for r in toy.rows(8, seed=0))
-        out[name] = str(root / name)
-    return out
 
 
 class TwoRanks:

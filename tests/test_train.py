@@ -381,10 +381,11 @@ def test_real_data_run_with_a_qwen_tokenizer(tmp_path):
     assert {r.ground_truth for r in loaded} >= {"3", "7"}  # '3.0' and '07' were canonicalised
     assert loaded[0].prompt[0]["content"].endswith("within \\boxed{}.")
     args = ["--model", model_dir, "--data", train_rows, "--test-data", test_rows, "--genrm", "none", "--steps", "2",
-            "--prompts-per-step", "4", "--rollouts", "2", "--max-prompt-len", "96", "--max-response-len", "24",
+            "--prompts-per-step", "4", "--rollouts", "2", "--max-prompt-len", "96", "--max-response-len", "16",
             "--overlong-buffer", "8", "--eval-samples", "2", "--eval-every", "0", "--mini-batch-prompts", "2",
             "--micro-batch-tokens", "256", "--logprob-batch-tokens", "384", "--lr", "1e-3", "--no-progress",
-            "--eval-top-p", "1.0", "--eval-prompts", "8"]  # top-p sorts 151k logits per row and step: 40 s of this test on CPU, covered elsewhere
+            "--eval-top-p", "1.0", "--eval-prompts", "4"]  # top-p sorts 151k logits per row and step: 40 s here
+    # on CPU, and it is tested in tests/test_sampler.py
     # as a user runs it, on 2 processes (the 1-process path is every in-process run of this file)
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--standalone",
                         "train.py"] + args + ["--out", str(tmp_path / "two")],
