@@ -22,7 +22,8 @@ self-scheduling. lambda = 0 is the RLVR baseline.
 import math
 from dataclasses import dataclass, field
 
-from data import split_steps, verify
+from data import split_steps
+from verifier import verify
 from genrm import Judge, Pending, as_judge
 
 # ---- per-rollout rewards ----

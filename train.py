@@ -31,6 +31,7 @@ from transformers import AutoTokenizer
 from transformers.utils import logging as hf_logging
 
 import arith
+import critic
 import config
 import data
 import evaluate
@@ -96,7 +97,7 @@ class Run:
                                        genrm=judge, lam=cfg.fapo_lambda, lengths=lengths, max_len=cfg.max_response_len,
                                        overlong_buffer=cfg.overlong_buffer, overlong_factor=cfg.overlong_factor,
                                        judging=judging)
-        rewards, sums, preds = genrm.critic_rewards(rows, texts)
+        rewards, sums, preds = critic.critic_rewards(rows, texts)
         right = [r > 0 for r in rewards]  # the flawed/clean verdict was right (outcome +1)
         rewards = [r + fapo.overlong_penalty(n, cfg.max_response_len, cfg.overlong_buffer, cfg.overlong_factor)
                    for r, n in zip(rewards, lengths)]
@@ -237,14 +238,14 @@ def keep_groups(samples, keep, group, world):
 
 def step_metrics(step, scores, lengths, dropped, cfg, world, unjudged=0):
     """The step's rates, summed over ranks in one all-reduce: reward, length, the reward's counts
-    (fapo.rollout_metrics or genrm.critic_batch_metrics), groups without signal, groups held out for an
+    (fapo.rollout_metrics or critic.critic_batch_metrics), groups without signal, groups held out for an
     unjudged rollout, lengths by kind."""
     keys = sorted(scores.counts)  # the same keys on every rank
     shape = fapo.rollout_shape(scores, lengths, cfg.rollouts)
     tot = dict(zip(["reward", "length", "dropped", "groups_unjudged"] + keys + list(shape),
                    world.sum([sum(scores.rewards), sum(lengths), dropped, unjudged]
                              + [float(scores.counts[k]) for k in keys] + list(shape.values()))))
-    rates = genrm.critic_batch_metrics(tot) if cfg.task == "genrm" else fapo.rollout_metrics(tot)
+    rates = critic.critic_batch_metrics(tot) if cfg.task == "genrm" else fapo.rollout_metrics(tot)
     rates["zero_var_groups"] = tot["zero_var"] / max(tot["groups"], 1)  # groups with no signal for GRPO
     for kind in ("correct", "wrong", "flawed"):
         rates[f"length_{kind}"] = tot[f"len_{kind}"] / max(tot[f"n_{kind}"], 1)

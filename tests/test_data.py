@@ -5,7 +5,9 @@ import random
 import pytest
 
 import data
-from data import last_boxed, normalize_answer, split_steps, verify
+import verifier
+from data import split_steps
+from verifier import last_boxed, normalize_answer, verify
 
 # ---- rows ----
 
@@ -150,9 +152,9 @@ def _dapo_normalize_reference(s: str) -> str:
     """The regex normaliser as DAPO wrote it (and data.py had it): quadratic, kept here as the parity oracle."""
     import re
     s = s.split("=")[-1]
-    for before, after in data._SUBSTITUTIONS:
+    for before, after in verifier._SUBSTITUTIONS:
         s = s.replace(before, after)
-    for expr in data._REMOVED_EXPRESSIONS:
+    for expr in verifier._REMOVED_EXPRESSIONS:
         s = s.replace(expr, "")
     s = re.sub(r"(.*?)(\$)(.*?)(\$)(.*)", "$\\3$", s)
     s = re.sub(r"(\\text\{)(.*?)(\})", "\\2", s)
@@ -207,12 +209,12 @@ def test_verify_is_linear_on_a_million_characters(make):
 
 
 def test_answer_issues():
-    assert data.answer_issues("27") is None and data.answer_issues(27) is None and data.answer_issues("-1") is None
-    assert data.answer_issues("\\frac{1}{2}") is None and data.answer_issues("0") is None
-    assert "float" in data.answer_issues("27.0") and "float" in data.answer_issues("-3.00")
-    assert "leading zero" in data.answer_issues("025")
-    assert "empty" in data.answer_issues("\\text{}") and "empty" in data.answer_issues("cm")
-    assert "window" in data.answer_issues("7" * 400)
+    assert verifier.answer_issues("27") is None and verifier.answer_issues(27) is None and verifier.answer_issues("-1") is None
+    assert verifier.answer_issues("\\frac{1}{2}") is None and verifier.answer_issues("0") is None
+    assert "float" in verifier.answer_issues("27.0") and "float" in verifier.answer_issues("-3.00")
+    assert "leading zero" in verifier.answer_issues("025")
+    assert "empty" in verifier.answer_issues("\\text{}") and "empty" in verifier.answer_issues("cm")
+    assert "window" in verifier.answer_issues("7" * 400)
     # each really fails against the answer a model writes
     assert not verify("\\boxed{27}", "27.0")[0] and not verify("\\boxed{25}", "025")[0]
 
@@ -232,7 +234,7 @@ def test_load_rows_warns_once_per_file(tmp_path):
 
 
 def test_canonical_answer():
-    c = data.canonical_answer
+    c = verifier.canonical_answer
     assert [c("27.0"), c(27.0), c("025"), c("-025"), c("0.00"), c("-0.0"), c("000")] == [
         "27", "27", "25", "-25", "0", "0", "0"]
     assert [c("27"), c(25), c(0.5), c("2.50"), c("x = 5"), c(" 7 ")] == ["27", "25", "0.5", "2.50", "x = 5", " 7 "]

@@ -6,11 +6,12 @@ import re
 
 import pytest
 
+import critic
 import data
 import genrm
 import processbench
 from conftest import SHARED_DATA
-from genrm import genrm_reward, parse_index
+from critic import genrm_reward, parse_index
 from processbench import critic_metrics
 
 SAMPLE = os.path.join(SHARED_DATA, "fapo-critic-sample.jsonl")
@@ -67,7 +68,7 @@ def test_reward_hand_cases():
     assert genrm_reward(2, 2, 4) == 1.0
     assert genrm_reward(0, 3, 4) == pytest.approx(1 - 3 / 4)
     assert genrm_reward(5, 1, 7) == pytest.approx(1 - 4 / 7)
-    assert genrm.genrm_reward_parts(0, 3, 4) == (1.0, -0.75)
+    assert critic.genrm_reward_parts(0, 3, 4) == (1.0, -0.75)
 
 
 def test_metrics_hand_cases():
@@ -98,16 +99,16 @@ def test_metrics_subsets_and_empty():
 
 
 def test_majority_vote():
-    assert genrm.majority_vote([2, 2, -1]) == 2
-    assert genrm.majority_vote([None, None, 1]) == 1
-    assert genrm.majority_vote([None]) is None
-    assert genrm.majority_vote([3, -1]) == -1  # tie -> smallest index
+    assert critic.majority_vote([2, 2, -1]) == 2
+    assert critic.majority_vote([None, None, 1]) == 1
+    assert critic.majority_vote([None]) is None
+    assert critic.majority_vote([3, -1]) == -1  # tie -> smallest index
 
 
 def test_critic_rewards_sums():
     from data import Row
     rows = [Row("p", -1, {"total_steps": 4}), Row("p", 2, {"total_steps": 4}), Row("p", 1, {"total_steps": 4})]
-    rewards, sums, preds = genrm.critic_rewards(rows, ["\\boxed{-1}", "\\boxed{0}", "no verdict"])
+    rewards, sums, preds = critic.critic_rewards(rows, ["\\boxed{-1}", "\\boxed{0}", "no verdict"])
     assert preds == [-1, 0, None]
     assert rewards == [1.0, 0.5, -1.0]
     assert sums == {"n": 3, "outcome": 1.0, "process": -0.5, "verdict_right": 2, "parse_fail": 1, "loc_err": 2.0,

