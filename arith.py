@@ -50,6 +50,9 @@ from data import Row, Task, distinct_rows, load_rows
 
 SOURCE = "arith"
 TRAIN_PROMPTS, TEST_ROWS = 20000, 256
+# the problems are a fixed set, like a dataset file: train.py's --seed changes the data order and every sampling
+# stream, never which problems are held out (runs of different seeds are scored on the same test problems)
+SPLIT_SEED = 0
 MAX_VALUE = 2000
 INSTRUCTION = ("Show your working: write each calculation as an equation (like 12 + 7 = 19), one step per "
                "paragraph, then put your final answer within \\boxed{}.")
@@ -357,13 +360,14 @@ class ArithTask(Task):
     exact equation checker as the oracle GenRM. test: "arith" (its held-out split), "none", or rows from a file."""
     checker = staticmethod(check)
 
-    def __init__(self, kind: str, seed: int, eval_prompts: int = 0, test="arith", flawed_share=0.0):
+    def __init__(self, kind: str, split_seed: int = SPLIT_SEED, eval_prompts: int = 0, test="arith", flawed_share=0.0):
         if kind != "policy":
             raise ValueError("--data arith has problems only (no critique rows): --task rl or sft")
-        self.seed, self.n_test, self.test, self.flawed_share = seed, eval_prompts or TEST_ROWS, test, flawed_share
+        self.split_seed, self.n_test, self.test = split_seed, eval_prompts or TEST_ROWS, test
+        self.flawed_share = flawed_share
 
     def rows(self):
-        train, test = task_rows(self.seed, TRAIN_PROMPTS, self.n_test)
+        train, test = task_rows(self.split_seed, TRAIN_PROMPTS, self.n_test)
         if self.test == "none":
             return train, []
         if self.test != "arith":

@@ -175,6 +175,9 @@ def build_parser():
     g.add_argument("--loss-agg", default="token-mean", choices=list(grpo.AGG_MODES))
     g.add_argument("--norm-adv-by-std", default=1, type=int, choices=[0, 1], help="1: GRPO; 0: Dr. GRPO (s - mean)")
     g.add_argument("--dynamic-sampling", action="store_true", help="DAPO: drop groups whose rewards are all equal")
+    g.add_argument("--skip-zero-advantage", default=1, type=int, choices=[0, 1],
+                   help="1: no forward/backward for rollouts whose advantage is 0 (their gradient is exactly 0; "
+                        "grpo.trained_samples); 0: every rollout runs (the same update, slower)")
     g.add_argument("--kl-coef", default=0.0, type=float, help="KL-to-reference loss coefficient (0: no reference model)")
     g.add_argument("--kl-kind", default="k3", choices=["k1", "k2", "k3", "abs"])
     g.add_argument("--tis-cap", default=0.0, type=float, help="truncated importance weight min(pi_old / pi_sampler, C) "
@@ -200,6 +203,9 @@ def build_parser():
 
     g = ap.add_argument_group("evaluation, logging, checkpoints")
     g.add_argument("--eval-every", default=10, type=int, help="RL steps between evaluations (0: only at start and end)")
+    g.add_argument("--start-eval", default=True, action=argparse.BooleanOptionalAction,
+                   help="evaluate before the first RL step (--no-start-eval: a bench that measured the shared start "
+                        "once, bench/realmodel.py)")
     g.add_argument("--eval-prompts", default=0, type=int, help="test prompts per evaluation (0: all)")
     g.add_argument("--eval-samples", default=4, type=int, help="samples per test prompt (avg@n, pass@k)")
     g.add_argument("--eval-repeats", default="", help="per-source samples, e.g. 'aime=32,gpqa=4' (data_source substring=n)")
@@ -357,7 +363,8 @@ def update_settings(cfg, pad_id, phase="rl"):
         micro_batch=cfg.micro_batch, micro_batch_tokens=cfg.micro_batch_tokens,
         logprob_batch_tokens=cfg.logprob_batch_tokens, loss_agg=cfg.loss_agg, clip_low=cfg.clip_low,
         clip_high=cfg.clip_high, clip_c=cfg.clip_c, grad_clip=cfg.grad_clip, kl_coef=cfg.kl_coef,
-        kl_kind=cfg.kl_kind, max_response_len=cfg.max_response_len, tis_cap=cfg.tis_cap if phase == "rl" else 0.0)
+        kl_kind=cfg.kl_kind, max_response_len=cfg.max_response_len, tis_cap=cfg.tis_cap if phase == "rl" else 0.0,
+        skip_zero_advantage=bool(cfg.skip_zero_advantage))
 
 
 # ---- resume: the settings a checkpoint restores ----

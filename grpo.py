@@ -355,6 +355,7 @@ class UpdateSettings:
     kl_kind: str = "k3"
     max_response_len: int | None = None  # Dr. GRPO's constant L
     tis_cap: float = 0.0           # > 0: truncated importance weight min(pi_old / pi_sampler, cap) (not in the paper)
+    skip_zero_advantage: bool = True  # no forward/backward for samples whose loss is 0 (see trained_samples)
 
 
 def _advantages(mb, R, device):
@@ -399,6 +400,21 @@ def _normalizer(mini, cfg: UpdateSettings, world):
     return world.sum([sum(global_normalizer(m, cfg.loss_agg) for m in masks)])[0]
 
 
+def trained_samples(mini, cfg: UpdateSettings, with_kl: bool):
+    """The samples of a mini-batch whose loss can be non-zero. Without a KL term, a sample whose advantage is 0 on
+    every token (each member of a group whose rewards are all equal: all right or all wrong) has loss and gradient
+    exactly 0 whatever its ratio, so its forward and backward are skipped: the gradient is unchanged (up to float
+    summation order) and its tokens still count in the normaliser, computed on the whole mini-batch. A mini-batch
+    with nothing to train runs one zero-weight filler, so the optimizer still steps on zero gradients (Adam's
+    momentum moves the weights) exactly as it would have. Logged entropy, clipfrac and gap are over the trained
+    samples. cfg.skip_zero_advantage False: every sample runs (the naive path; tests compare the two)."""
+    if not cfg.skip_zero_advantage or with_kl:
+        return mini
+    live = [s for s in mini if s.weight and any(a != 0 for a in (
+        [s.advantage] if isinstance(s.advantage, (int, float)) else s.advantage))]
+    return live or fillers(mini, 1)
+
+
 @torch.no_grad()
 def store_old_logprobs(model, samples, cfg: UpdateSettings, world):
     """Log-probs of the policy before this step's first update (the ratio's denominator)."""
@@ -416,12 +432,13 @@ def policy_update(model, optimizer, samples, cfg: UpdateSettings, world, ref_mod
     tis_cap > 0); an update whose gradient norm is not finite is skipped and counted."""
     stats = {"loss": 0.0, "clipfrac": 0.0, "clipfrac_lower": 0.0, "ppo_kl": 0.0, "entropy": 0.0, "kl": 0.0, "n_micro": 0}
     if cfg.mini_batches > 1:  # several updates per step: the ratio needs the pre-update policy
-        store_old_logprobs(model, samples, cfg, world)
+        store_old_logprobs(model, trained_samples(samples, cfg, ref_model is not None), cfg, world)
     grad_norms, skipped = [], 0
     gap_sums, gap_max = torch.zeros(5, dtype=torch.float64, device=world.device), torch.zeros((), device=world.device)
     for mini in chunks(samples, math.ceil(len(samples) / cfg.mini_batches)):
-        normalizer = _normalizer(mini, cfg, world)
-        for mb in micro_batches(mini, cfg.micro_batch, cfg.micro_batch_tokens, world):
+        normalizer = _normalizer(mini, cfg, world)  # every sample's tokens, trained or not
+        for mb in micro_batches(trained_samples(mini, cfg, ref_model is not None), cfg.micro_batch,
+                                cfg.micro_batch_tokens, world):
             batch, R = collate([s.prompt for s in mb], [s.response for s in mb], cfg.pad_id, world.device)
             mask = batch["mask"] * torch.tensor([s.weight for s in mb], device=world.device)[:, None]  # (B, R)
             logp, ent = response_logprobs(model, batch, R, cfg.temperature, want_entropy=True)   # (B, R)
@@ -446,18 +463,26 @@ def policy_update(model, optimizer, samples, cfg: UpdateSettings, world, ref_mod
             # FSDP averages gradients over ranks; the normaliser is already global, so undo the average
             (loss * world.size).backward()
             stats["loss"] += loss.item()
-            for k in ("clipfrac", "clipfrac_lower", "ppo_kl"):
-                stats[k] += st[k]
-            stats["entropy"] += masked_mean(ent, mask).item()
-            stats["n_micro"] += 1
+            if mask.sum().item() > 0:  # a filler (weight 0) trains no token: it must not dilute the averages
+                for k in ("clipfrac", "clipfrac_lower", "ppo_kl"):
+                    stats[k] += st[k]
+                stats["entropy"] += masked_mean(ent, mask).item()
+                stats["n_micro"] += 1
         norm = optimizer_step(model, optimizer, cfg.grad_clip)
         grad_norms.append(norm)
         skipped += not math.isfinite(norm)
-    # loss and kl are sums of globally normalised parts: add them over ranks; average the rest
-    n = max(stats.pop("n_micro"), 1)
+    # loss and kl are sums of globally normalised parts: add them over ranks; the rest are averages over the
+    # micro-batches that trained something (none: not logged, rather than a made-up 0)
     keys = ["clipfrac", "clipfrac_lower", "ppo_kl", "entropy"]
-    tot = world.sum([stats["loss"], stats["kl"]] + [stats[k] / n / world.size for k in keys] + gap_sums.tolist())
-    out = {"loss": tot[0] / cfg.mini_batches, "kl": tot[1] / cfg.mini_batches, **dict(zip(keys, tot[2:-5])),
+    real = sum(1 for s in samples if s.weight)
+    trained = sum(1 for m in chunks(samples, math.ceil(len(samples) / cfg.mini_batches))
+                  for s in trained_samples(m, cfg, ref_model is not None) if s.weight)
+    tot = world.sum([stats["loss"], stats["kl"], stats["n_micro"], real, trained] + [stats[k] for k in keys]
+                    + gap_sums.tolist())
+    n = tot[2]
+    out = {"loss": tot[0] / cfg.mini_batches, "kl": tot[1] / cfg.mini_batches,
+           **({k: v / n for k, v in zip(keys, tot[5:-5])} if n else {}),
+           "trained_share": tot[4] / max(tot[3], 1),  # rollouts through the update / all (trained_samples)
            "grad_norm": sum(grad_norms) / len(grad_norms), "skipped_updates": skipped}
     gap_sum, tokens, k3_sum, seqs, w_sum = tot[-5:]
     gap_max = world.max([gap_max.item()])[0]  # every rank calls it: ranks may differ in which samples carry log-probs

@@ -301,7 +301,7 @@ def run_phase(run, phase, first=None):
     start = state["step"] if state else 0
     log = Logger(out_dir, world, total, start, phase, cfg.no_progress, cfg.wandb, vars(cfg))
     evaluating = bool(run.test) and phase == "rl"
-    if evaluating:
+    if evaluating and (cfg.start_eval or first):
         first = log.find_eval("start") or first or log.log(run_eval(run, "start"))
         if first.get("eval") != "start" and start == 0:
             log.log({**first, "eval": "start"})  # the cold start's final eval is RL's starting point
@@ -352,7 +352,8 @@ def make_task(cfg) -> data.Task:
         return toy.ToyTask(kind, cfg.seed, cfg.eval_prompts, cfg.sft_flawed_share, cfg.toy_regime, cfg.sft_slip_share,
                            test=cfg.test_data)
     if cfg.data == "arith":  # word problems with an exact equation checker (arith.py); test "arith": its held-out split
-        return arith.ArithTask(kind, cfg.seed, cfg.eval_prompts, test=cfg.test_data, flawed_share=cfg.sft_flawed_share)
+        return arith.ArithTask(kind, eval_prompts=cfg.eval_prompts, test=cfg.test_data,
+                               flawed_share=cfg.sft_flawed_share)
     return data.FileTask(kind, cfg.data, None if cfg.test_data == "none" else cfg.test_data, cfg.eval_prompts,
                          sft=cfg.task == "sft")
 

@@ -55,7 +55,8 @@ def rl_args(path, out):
     return ["--model", path, "--data", os.path.join(path, "rows.jsonl"), "--test-data", "none", "--genrm", "none",
             "--steps", "1", "--prompts-per-step", "2", "--rollouts", "2", "--max-prompt-len", "64",
             "--max-response-len", "8", "--overlong-buffer", "0", "--mini-batch-prompts", "0", "--micro-batch-tokens",
-            "0", "--logprob-batch-tokens", "0", "--no-progress", "--out", out, "--lr", "1e-3"]
+            "0", "--logprob-batch-tokens", "0", "--no-progress", "--out", out, "--lr", "1e-3",
+            "--skip-zero-advantage", "0"]  # every rollout through the update: the family's backward is what is tested
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))

@@ -440,3 +440,44 @@ def test_tis_with_small_cap_and_mismatch_changes_the_update(rollouts):
     assert max((delta[k] - off[k]).abs().max().item() for k in off) > 1e-4
     with pytest.raises(ValueError):  # one log-prob per response token, or the gap would be misaligned
         _update(model, samples, shift=lambda i, lp: lp[:-1])
+
+
+def _two_adam_steps(model, first, second, **kw):
+    """Adam on a copy of model: an update on `first` (momentum), then one on `second`. Returns the final weights
+    and the number of forward passes the second update ran."""
+    import copy
+    m = copy.deepcopy(model)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    cfg = grpo.UpdateSettings(pad_id=0, temperature=0.9, micro_batch=2, grad_clip=1e9, **kw)
+    grpo.policy_update(m, opt, first, cfg, OneProcess())
+    calls = []
+    hook = m.get_input_embeddings().register_forward_hook(lambda mod, args, out: calls.append(args[0].shape[0]))
+    grpo.policy_update(m, opt, second, cfg, OneProcess())
+    hook.remove()
+    return {k: p.detach().clone() for k, p in m.named_parameters()}, calls
+
+
+@pytest.mark.parametrize("mini_batches", [1, 2])
+def test_skipping_zero_advantage_samples_gives_the_same_update(rollouts, mini_batches):
+    model, samples = rollouts
+    zeroed = [grpo.Sample(s.prompt, s.response, 0.0 if i in (0, 3, 6) else s.advantage, sampler_logp=s.sampler_logp)
+              for i, s in enumerate(samples)]
+    zeroed[1].advantage = [0.0] * len(zeroed[1].response)  # per-token advantages, all 0: skipped too
+    live = [s for i, s in enumerate(zeroed) if i not in (0, 1, 3, 6)]
+    assert grpo.trained_samples(zeroed, grpo.UpdateSettings(pad_id=0), with_kl=False) == live
+    assert grpo.trained_samples(zeroed, grpo.UpdateSettings(pad_id=0), with_kl=True) == zeroed  # KL: all run
+    naive, calls_naive = _two_adam_steps(model, samples, zeroed, skip_zero_advantage=False, mini_batches=mini_batches)
+    fast, calls_fast = _two_adam_steps(model, samples, zeroed, mini_batches=mini_batches)
+    passes = 2 if mini_batches > 1 else 1  # the pre-update log-prob pass, then the update's
+    assert sum(calls_fast) == passes * len(live) < sum(calls_naive) == passes * len(zeroed)  # skipped rows never ran
+    for k in naive:
+        torch.testing.assert_close(fast[k], naive[k], atol=1e-6, rtol=1e-5)
+    # nothing to train: one zero-weight filler runs, and Adam still steps on its momentum, as the naive path does
+    none = [grpo.Sample(s.prompt, s.response, 0.0) for s in samples]
+    naive, _ = _two_adam_steps(model, samples, none, skip_zero_advantage=False)
+    fast, calls = _two_adam_steps(model, samples, none)
+    assert calls == [1]
+    moved = max((naive[k] - p.detach()).abs().max().item() for k, p in model.named_parameters())
+    assert moved > 1e-3  # the momentum step is real
+    for k in naive:
+        torch.testing.assert_close(fast[k], naive[k], atol=1e-6, rtol=1e-5)

@@ -107,7 +107,8 @@ def test_sampler_matches_generate_and_its_own_forward(model_dir, hf):
 def rl_args(model_dir, rows, out, steps):
     return ["--model", model_dir, "--data", rows, "--test-data", "none", "--genrm", "none", "--steps", str(steps),
             "--prompts-per-step", "1", "--rollouts", "4", "--max-prompt-len", "64", "--max-response-len", "6",
-            "--overlong-buffer", "4", "--lr", "1e-4", "--warmup", "1", "--no-progress", "--out", out]
+            "--overlong-buffer", "4", "--lr", "1e-4", "--warmup", "1", "--no-progress", "--out", out,
+            "--skip-zero-advantage", "0"]  # every rollout through the update, whatever the step's rewards
 
 
 @pytest.fixture(scope="module")

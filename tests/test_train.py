@@ -115,9 +115,11 @@ def test_end_to_end_demo_checkpoint_and_resume(tmp_path):
     rl = read_jsonl(os.path.join(out, "rl", "metrics.jsonl"))
     steps = [m for m in rl if "eval" not in m]
     assert [m["step"] for m in steps] == [1, 2, 3]
-    for key in ("reward", "acc", "flawed_ratio", "response_length", "clipfrac", "entropy", "grad_norm", "lr",
+    for key in ("reward", "acc", "flawed_ratio", "response_length", "trained_share", "grad_norm", "lr",
                 "t_sample", "t_judge", "t_train"):
         assert key in steps[0], key
+    for m in steps:  # averages over trained rollouts: logged when some rollout trained, never a made-up 0
+        assert ("clipfrac" in m) == ("entropy" in m) == (m["trained_share"] > 0)
     assert any(m.get("eval") == "step2" for m in rl)
     from transformers import AutoModelForCausalLM
     init = toy.build_model(toy.tokenizer(), seed=0)
