@@ -6,9 +6,9 @@ Every run is an ordinary `python train.py` run (one process); this script only c
   2. the start, shared by every arm: a short SFT cold start on the task's worked solutions, all of them clean
      (--sft-flawed-share 0: no flaw is planted). Out of the box the model earns no reward at all (0 of 32
      sampled answers right with the task's prompt, 0 of 64 with a 2-shot prompt: it seldom boxes and its
-     arithmetic is poor); after the cold start it boxes ~94% of its answers, ~18% are right, and about a
-     quarter of the right ones come after a false equation of its own ("22 - 14 = 10" on the way to a right
-     10): the flawed positives are the model's, not planted. Its eval (`after_sft`) is the start of every arm;
+     arithmetic is poor); after the cold start it boxes most answers, ~10% are right (20 of 192 held out),
+     and a fifth of the right ones come after a false equation of its own ("22 - 14 = 10" on the way to a
+     right 10): the flawed positives are the model's, not planted. Its eval (`after_sft`) starts every arm;
   3. from that start, for each seed (one optimizer update per step: --mini-batch-prompts 0; micro-batches of 8): the baseline (--fapo-lambda 0: a right answer is +1, flawed or not; the
      checker still judges, so the flawed ratio is measured) and FAPO (--fapo-lambda 1: a flawed positive
      gets 0), the same steps, prompts and sampling streams; each arm ends with a held-out eval;
@@ -18,9 +18,9 @@ Every run is an ordinary `python train.py` run (one process); this script only c
 The held-out set is arith's fixed test split (the same 256 problems for every seed and arm; --seed changes the
 data order and sampling only). Flawed ratio = flawed positives / correct answers, judged by arith.check.
 
-    python bench/realmodel.py                 # the whole comparison: ~45 min on 2 cores (docs/realmodel.md)
-    python bench/realmodel.py --quick         # a smoke run of the same pipeline: < 5 min
-    python bench/realmodel.py --out DIR --report docs/realmodel   # the table and plot for the docs
+    python bench/realmodel.py                 # the whole comparison: ~35 min on 2 cores (docs/realmodel.md)
+    python bench/realmodel.py --quick         # a smoke run of the same pipeline: ~2 min
+    python bench/realmodel.py --out DIR --report bench/results    # the stored table and plot (docs/realmodel.md)
 
 A rerun reuses the finished runs in OUT (delete OUT, or --fresh, to run again from scratch). The plot needs
 matplotlib (optional). Two RL arms run at a time, one thread each (--jobs); every run is single-threaded
@@ -65,6 +65,9 @@ args.report = args.report or args.out
 # ---- running train.py ----
 
 
+REUSED = []  # the runs a rerun found finished in OUT (their time is not in this invocation's wall)
+
+
 def train(cmd, log, threads):
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     t = time.time()
@@ -105,7 +108,9 @@ def common():
 def start(model):
     """The shared start: the cold start's export and its held-out eval (`after_sft`)."""
     out = os.path.join(args.out, "start")
-    if final_eval(out, "sft", "after_sft") is None:
+    if final_eval(out, "sft", "after_sft") is not None:
+        REUSED.append("start")
+    else:
         os.makedirs(args.out, exist_ok=True)
         cmd = ["--task", "sft", "--model", model, "--sft-steps", str(S["sft_steps"]), "--sft-batch",
                str(S["sft_batch"]), "--sft-lr", str(S["sft_lr"]), "--sft-warmup", "2", "--sft-flawed-share", "0",
@@ -118,7 +123,9 @@ def start(model):
 def arm(start_dir, name, lam, seed):
     out = os.path.join(args.out, f"{name}_seed{seed}")
     tag = f"step{S['steps']}"
-    if final_eval(out, "rl", tag) is None:
+    if final_eval(out, "rl", tag) is not None:
+        REUSED.append(f"{name}_seed{seed}")
+    else:
         cmd = ["--task", "rl", "--model", start_dir, "--genrm", "oracle", "--fapo-lambda", str(lam), "--seed",
                str(seed), "--steps", str(S["steps"]), "--prompts-per-step", str(S["prompts"]), "--rollouts",
                str(S["rollouts"]), "--lr", str(S["lr"]), "--warmup", "1", "--temperature", "1.0",
@@ -191,7 +198,7 @@ def plot(curves, start_ev, ends, path):
             ax.bar([xs[i + 1]], [statistics.mean(vals)], color=colours[name])
             ax.scatter([xs[i + 1]] * len(vals), vals, color="k", s=12, zorder=3)
         ax.set_xticks(xs, ["start"] + [n for n, _ in ARMS])
-        ax.set_title(f"{label} (end), held-out")
+        ax.set_title(f"{label} (end)" if label.startswith("held-out") else f"held-out {label} (end)")
     axes[0].legend(fontsize=7)
     for ax in axes[:2]:
         ax.set_xlabel("RL step")
@@ -215,7 +222,8 @@ def main():
     wall = time.time() - t0
     lines = [table(start_ev, ends, mean), ""]
     lines += [f"- {'PASS' if ok else 'FAIL'}: {what} ({detail})" for what, ok, detail in checks]
-    lines += ["", f"settings: `{json.dumps(S)}`; wall {wall / 60:.1f} min (start {t_start / 60:.1f} min)"]
+    reused = f"; {len(REUSED)} of {1 + len(jobs)} runs reused from OUT: {', '.join(REUSED)}" if REUSED else ""
+    lines += ["", f"settings: `{json.dumps(S)}`; wall {wall / 60:.1f} min (start {t_start / 60:.1f} min){reused}"]
     text = "\n".join(lines)
     print("\n" + text)
     os.makedirs(args.report, exist_ok=True)

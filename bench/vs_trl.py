@@ -3,8 +3,11 @@ checked number for number.
 
 TRL is what most people would use instead. It is needed by this script only (the trainer never imports it):
     python -m venv --system-site-packages .venv-trl && .venv-trl/bin/pip install trl==1.16.0
-    .venv-trl/bin/python bench/vs_trl.py --model DIR          # DIR: an HF model (bench/gguf_to_hf.py --out DIR)
-    .venv-trl/bin/python bench/vs_trl.py --model DIR --check-only
+    .venv-trl/bin/python bench/vs_trl.py --model OUT/start/sft/hf               # ~16 min on 2 cores
+    .venv-trl/bin/python bench/vs_trl.py --model OUT/start/sft/hf --check-only  # ~2 min
+OUT/start/sft/hf is bench/realmodel.py's start (SmolLM2 after its cold start): a model that earns some reward, so
+groups have non-zero advantages. Raw SmolLM2 earns none: every advantage would be 0 and neither side would train
+(our side would skip every rollout), and the check refuses a batch without signal.
 
 1. The identical batch (--check-only does only this). TRL's own pipeline runs on prompts from arith.py, with its
    generation replaced by completions from our sampler; its reward function is ours (fapo.score_rollouts with the
