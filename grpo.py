@@ -435,10 +435,12 @@ def policy_update(model, optimizer, samples, cfg: UpdateSettings, world, ref_mod
         store_old_logprobs(model, trained_samples(samples, cfg, ref_model is not None), cfg, world)
     grad_norms, skipped = [], 0
     gap_sums, gap_max = torch.zeros(5, dtype=torch.float64, device=world.device), torch.zeros((), device=world.device)
+    trained = 0  # real rollouts through the update
     for mini in chunks(samples, math.ceil(len(samples) / cfg.mini_batches)):
         normalizer = _normalizer(mini, cfg, world)  # every sample's tokens, trained or not
-        for mb in micro_batches(trained_samples(mini, cfg, ref_model is not None), cfg.micro_batch,
-                                cfg.micro_batch_tokens, world):
+        live = trained_samples(mini, cfg, ref_model is not None)
+        trained += sum(1 for s in live if s.weight)
+        for mb in micro_batches(live, cfg.micro_batch, cfg.micro_batch_tokens, world):
             batch, R = collate([s.prompt for s in mb], [s.response for s in mb], cfg.pad_id, world.device)
             mask = batch["mask"] * torch.tensor([s.weight for s in mb], device=world.device)[:, None]  # (B, R)
             logp, ent = response_logprobs(model, batch, R, cfg.temperature, want_entropy=True)   # (B, R)
@@ -463,7 +465,7 @@ def policy_update(model, optimizer, samples, cfg: UpdateSettings, world, ref_mod
             # FSDP averages gradients over ranks; the normaliser is already global, so undo the average
             (loss * world.size).backward()
             stats["loss"] += loss.item()
-            if mask.sum().item() > 0:  # a filler (weight 0) trains no token: it must not dilute the averages
+            if any(s.weight for s in mb):  # a filler (weight 0) trains no token: it must not dilute the averages
                 for k in ("clipfrac", "clipfrac_lower", "ppo_kl"):
                     stats[k] += st[k]
                 stats["entropy"] += masked_mean(ent, mask).item()
@@ -475,8 +477,6 @@ def policy_update(model, optimizer, samples, cfg: UpdateSettings, world, ref_mod
     # micro-batches that trained something (none: not logged, rather than a made-up 0)
     keys = ["clipfrac", "clipfrac_lower", "ppo_kl", "entropy"]
     real = sum(1 for s in samples if s.weight)
-    trained = sum(1 for m in chunks(samples, math.ceil(len(samples) / cfg.mini_batches))
-                  for s in trained_samples(m, cfg, ref_model is not None) if s.weight)
     tot = world.sum([stats["loss"], stats["kl"], stats["n_micro"], real, trained] + [stats[k] for k in keys]
                     + gap_sums.tolist())
     n = tot[2]

@@ -103,13 +103,7 @@ def check():
     import torch
     import grpo
     import sampler
-
-    class OneProcess:  # what policy_update needs of fsdp.World, without torch.distributed
-        size, device = 1, torch.device("cpu")
-
-        def sum(self, values):
-            return [float(v) for v in values]
-        max = sum
+    from infra import fsdp
 
     class Snapshot:  # an "optimizer" that keeps the gradient policy_update hands it
         def __init__(self, model):
@@ -169,7 +163,8 @@ def check():
     snap = Snapshot(model)
     cfg = grpo.UpdateSettings(pad_id=tok.pad_token_id or 0, temperature=1.0, micro_batch=WORK["micro_batch"],
                               grad_clip=1e12)
-    stats = grpo.policy_update(model, snap, samples, cfg, OneProcess())
+    stats = grpo.policy_update(model, snap, samples, cfg, fsdp.World())  # a world of one, as `python train.py`
+    fsdp.close()
     top = max(g.abs().max().item() for g in grads_trl.values())
     if top == 0:
         raise SystemExit(f"the batch has no signal (rewards {sorted(set(rewards))}: every group uniform); use a "
