@@ -49,13 +49,18 @@ from fractions import Fraction
 from data import Row, Task, distinct_rows, load_rows
 
 SOURCE = "arith"
-TRAIN_PROMPTS, TEST_ROWS = 20000, 256
+TRAIN_PROMPTS, HELD_ROWS = 20000, 1024  # held out: a test and a validation split of this many each
 # the problems are a fixed set, like a dataset file: train.py's --seed changes the data order and every sampling
 # stream, never which problems are held out (runs of different seeds are scored on the same test problems)
 SPLIT_SEED = 0
-MAX_VALUE = 2000
-INSTRUCTION = ("Show your working: write each calculation as an equation (like 12 + 7 = 19), one step per "
-               "paragraph, then put your final answer within \\boxed{}.")
+# difficulty (--arith-level): operations per problem, the largest start, addend and value at any step
+LEVELS = {
+    "standard": dict(min_ops=2, max_ops=4, max_start=40, max_add=40, max_value=2000),
+    # bench/realmodel.py's: SmolLM2-135M after a short cold start is right about a third of the time, and makes
+    # its own false equations on the way to some right answers (docs/realmodel.md: how it was chosen)
+    "small": dict(min_ops=3, max_ops=3, max_start=20, max_add=20, max_value=100),
+}
+INSTRUCTION = "One equation per step, then the answer in \\boxed{}."
 
 # ---- the problems ----
 
@@ -96,21 +101,23 @@ def apply(op, a, b):
     return a + b if op == "+" else a - b if op == "-" else a * b if op == "*" else a // b
 
 
-def make_problem(rng: random.Random, min_ops=2, max_ops=4) -> ArithProblem:
-    """A word problem with integer values in 0..MAX_VALUE at every step (division exact)."""
+def make_problem(rng: random.Random, level: str = "standard") -> ArithProblem:
+    """A word problem of LEVELS[level]: integer values in 0..max_value at every step (division exact)."""
+    lv = LEVELS[level]
+    top = lv["max_value"]
     name, p = rng.choice(PEOPLE)
     item = rng.choice(ITEMS)
-    v = start = rng.randint(2, 40)
+    v = start = rng.randint(2, lv["max_start"])
     ops, sentences = [], [f"{name} has {start} {item}."]
-    for k in range(rng.randint(min_ops, max_ops)):
+    for k in range(rng.randint(lv["min_ops"], lv["max_ops"])):
         choices = ["+", "+", "*"] + ["-"] * (v >= 2) + ["/"] * any(v % d == 0 for d in range(2, 10))
-        if v * 2 > MAX_VALUE:
+        if v * 2 > top:
             choices = [c for c in choices if c != "*"] or ["-"]
         op = rng.choice(choices)
-        b = (rng.randint(1, 40) if op == "+" else rng.randint(1, v - 1) if op == "-" else
-             rng.randint(2, max(2, min(5, MAX_VALUE // max(v, 1)))) if op == "*" else
+        b = (rng.randint(1, lv["max_add"]) if op == "+" else rng.randint(1, v - 1) if op == "-" else
+             rng.randint(2, max(2, min(5, top // max(v, 1)))) if op == "*" else
              rng.choice([d for d in range(2, 10) if v % d == 0]))
-        if op == "+" and v + b > MAX_VALUE:
+        if op == "+" and v + b > top:
             op, b = "-", rng.randint(1, v - 1)
         v = apply(op, v, b)
         ops.append((op, b))
@@ -127,40 +134,38 @@ def problem_row(p: ArithProblem) -> Row:
                extra_info={"question": p.text}, data_source=SOURCE)
 
 
-def rows(n: int, seed: int, exclude=()) -> list[Row]:
+def rows(n: int, seed: int, exclude=(), level="standard") -> list[Row]:
     """n distinct problems (seeded) whose text is not in `exclude`."""
-    return distinct_rows(n, seed, make_problem, problem_row, exclude)
+    return distinct_rows(n, seed, functools.partial(make_problem, level=level), problem_row, exclude)
 
 
 @functools.lru_cache(maxsize=4)
-def task_rows(seed, n_train=TRAIN_PROMPTS, n_test=TEST_ROWS):
-    """(train rows, held-out test rows): test drawn with seed + 1, its problems kept out of train."""
-    test = rows(n_test, seed + 1)
-    return rows(n_train, seed, {r.extra_info["question"] for r in test}), test
+def task_rows(seed, n_train=TRAIN_PROMPTS, n_held=HELD_ROWS, level="standard"):
+    """(train, validation, test) rows: test drawn with seed + 1, validation (for choosing settings) with seed + 2
+    apart from test; neither's problems are in train."""
+    test = rows(n_held, seed + 1, level=level)
+    val = rows(n_held, seed + 2, {r.extra_info["question"] for r in test}, level)
+    held = {r.extra_info["question"] for r in test + val}
+    return rows(n_train, seed, held, level), val, test
 
 
 # ---- worked solutions (the SFT cold start) ----
 
-VERB = {"+": "adds", "-": "takes away", "*": "multiplies by", "/": "divides by"}
-SYMBOL = {"+": "+", "-": "-", "*": "*", "/": "/"}
-
-
 def solution_steps(p: ArithProblem, slip_step=None, delta=1) -> list[str]:
-    """One paragraph per operation, then the boxed answer. slip_step: that step writes its result off by
-    delta and the next carries on from the right value (a flawed positive: the answer stays right)."""
+    """One equation a paragraph ("16 + 4 = 20"), then the boxed answer: short, so that a rollout costs few tokens.
+    slip_step: that step writes its result off by delta and the next carries on from the right value (a flawed
+    positive: the answer stays right)."""
     steps, prev = [], p.start
     for k, ((op, b), v) in enumerate(zip(p.ops, p.running_values())):
-        shown = v + delta if k == slip_step else v
-        lead = f"{p.item.capitalize()} at the start: {p.start}. " if k == 0 else ""
-        steps.append(f"{lead}Step {k + 1}: {VERB[op]} {b}, so {prev} {SYMBOL[op]} {b} = {shown}.")
+        steps.append(f"{prev} {op} {b} = {v + delta if k == slip_step else v}")
         prev = v
     steps.append(f"The answer is \\boxed{{{p.answer}}}.")
     return steps
 
 
-def sft_example(rng: random.Random, flawed_share=0.0) -> tuple[list, str]:
+def sft_example(rng: random.Random, flawed_share=0.0, level="standard") -> tuple[list, str]:
     """(prompt, a worked solution); with probability flawed_share one step's result is slipped."""
-    p = make_problem(rng)
+    p = make_problem(rng, level)
     slip = rng.randrange(len(p.ops)) if rng.random() < flawed_share else None
     delta = rng.choice([-2, -1, 1, 2])
     return problem_row(p).prompt, "\n\n".join(solution_steps(p, slip, delta))
@@ -357,22 +362,31 @@ def check(problem: str, ground_truth, steps: list[str]) -> tuple[int, str]:
 
 class ArithTask(Task):
     """--data arith: word problems (kind "policy"), SFT targets made on the fly from worked solutions, the
-    exact equation checker as the oracle GenRM. test: "arith" (its held-out split), "none", or rows from a file."""
+    exact equation checker as the oracle GenRM. test: "arith" (the held-out test split), "arith-val" (the
+    validation split, for choosing settings), "none", or rows from a file; eval_prompts: the first that many."""
     checker = staticmethod(check)
+    SPLITS = {"arith": 2, "arith-val": 1}  # --test-data -> index in task_rows' (train, val, test)
 
-    def __init__(self, kind: str, split_seed: int = SPLIT_SEED, eval_prompts: int = 0, test="arith", flawed_share=0.0):
+    def __init__(self, kind: str, split_seed: int = SPLIT_SEED, eval_prompts: int = 0, test="arith", flawed_share=0.0,
+                 level="standard"):
         if kind != "policy":
             raise ValueError("--data arith has problems only (no critique rows): --task rl or sft")
-        self.split_seed, self.n_test, self.test = split_seed, eval_prompts or TEST_ROWS, test
-        self.flawed_share = flawed_share
+        self.split_seed, self.n_test, self.test = split_seed, eval_prompts or 256, test
+        self.flawed_share, self.level = flawed_share, level
 
     def rows(self):
-        train, test = task_rows(self.split_seed, TRAIN_PROMPTS, self.n_test)
+        splits = task_rows(self.split_seed, TRAIN_PROMPTS, HELD_ROWS, self.level)
         if self.test == "none":
-            return train, []
-        if self.test != "arith":
-            test = load_rows(self.test)[: self.n_test]
-        return train, test
+            return splits[0], []
+        test = splits[self.SPLITS[self.test]] if self.test in self.SPLITS else load_rows(self.test)
+        return splits[0], test[: self.n_test]
 
     def sft_example(self, rng):
-        return sft_example(rng, self.flawed_share)
+        return sft_example(rng, self.flawed_share, self.level)
+
+
+def add_flags(ap):
+    """The arith task's own flag, in a group of its own."""
+    g = ap.add_argument_group("arith task (--data arith)")
+    g.add_argument("--arith-level", default="standard", choices=list(LEVELS), help="difficulty: arith.LEVELS")
+    return g

@@ -18,6 +18,7 @@ import json
 import math
 import os
 
+import arith
 import grpo
 import toy
 from sampler import TOKENS_IN_FLIGHT
@@ -60,6 +61,8 @@ PRESETS = {
     # run_fapo_32b.sh: 20k-token responses, token budgets of 1x (prompt + response), 600 steps in the script
     "fapo-32b": dict(_OFFICIAL, steps=600, max_response_len=20480, genrm_max_tokens=16384,
                      micro_batch_tokens=2048 + 20480, logprob_batch_tokens=2048 + 20480, fapo_lambda=1.0),
+    "baseline-32b": dict(_OFFICIAL, steps=600, max_response_len=20480, genrm="none", fapo_lambda=0.0,  # run_baseline_32b.sh
+                         micro_batch_tokens=2048 + 20480, logprob_batch_tokens=2048 + 20480),
     # run_fapo_genrm_train.sh: Qwen3-4B-Instruct-2507 trained as the GenRM on FAPO-Critic
     "genrm-4b": dict(_OFFICIAL, task="genrm", steps=500, rollouts=16, temperature=1.2, max_prompt_len=5120,
                      eval_temperature=0.6, eval_top_p=0.95, save_every=10, context_len=32768,
@@ -99,8 +102,10 @@ def build_parser():
     g.add_argument("--model", default="toy", help="local HF model dir, or 'toy' for a tiny Qwen3 built from a config")
     g.add_argument("--data", default="toy", help="train rows (.jsonl/.json/.parquet, verl schema), 'toy' (the demo) "
                    "or 'arith' (word problems with an exact equation checker, arith.py)")
-    g.add_argument("--test-data", default="auto", help="eval rows or 'none'; auto: the toy's test split for toy "
-                                                       "data, none otherwise")
+    g.add_argument("--test-data", default="auto", help="eval rows or 'none'; auto: the built-in task's test split "
+                                                       "(arith-val: arith's validation split), none otherwise")
+    g.add_argument("--system-prompt", default="keep", help="for prompts without a system message: keep (the chat "
+                   "template's default, if any), none (an empty one: no default), or the text of one")
     g.add_argument("--out", default="", help="output dir: config.json, then one folder per phase (sft/, rl/) with "
                                              "metrics.jsonl, checkpoints, exports (default out/TASK)")
     g.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
@@ -200,6 +205,7 @@ def build_parser():
     g.add_argument("--sft-lr", default=1e-5, type=float)
     g.add_argument("--sft-warmup", default=50, type=int)
     toy.add_flags(ap)
+    arith.add_flags(ap)
 
     g = ap.add_argument_group("evaluation, logging, checkpoints")
     g.add_argument("--eval-every", default=10, type=int, help="RL steps between evaluations (0: only at start and end)")
@@ -317,12 +323,12 @@ def validate(cfg):
     need(cfg.genrm != "oracle" or cfg.data in BUILTIN_TASKS or cfg.task != "rl",
          "--genrm oracle is the toy task's exact checker and judges nothing on real data: give --genrm DIR, "
          "--genrm http://HOST:PORT/v1, or --genrm none (the baseline)")
-    need(cfg.test_data not in BUILTIN_TASKS or cfg.test_data == cfg.data,
-         f"--test-data {cfg.test_data} is that task's test split: it needs --data {cfg.test_data}")
+    need(cfg.test_data.split("-")[0] not in BUILTIN_TASKS or cfg.test_data.split("-")[0] == cfg.data,
+         f"--test-data {cfg.test_data} is a split of that task: it needs --data {cfg.test_data.split('-')[0]}")
     need(cfg.data != "arith" or cfg.task != "genrm", "--data arith has no critique rows: --task rl or sft")
     for name in ("model", "data", "test_data", "genrm"):
         path = getattr(cfg, name)
-        if path not in BUILTIN_TASKS + ("none", "oracle") and not path.startswith(("http://", "https://")):
+        if path not in BUILTIN_TASKS + ("arith-val", "none", "oracle") and not path.startswith(("http://", "https://")):
             need(os.path.exists(path), f"--{name.replace('_', '-')} {path}: no such file or directory "
                                        "(models are read from local directories; nothing is downloaded)")
 
@@ -364,7 +370,7 @@ def update_settings(cfg, pad_id, phase="rl"):
         logprob_batch_tokens=cfg.logprob_batch_tokens, loss_agg=cfg.loss_agg, clip_low=cfg.clip_low,
         clip_high=cfg.clip_high, clip_c=cfg.clip_c, grad_clip=cfg.grad_clip, kl_coef=cfg.kl_coef,
         kl_kind=cfg.kl_kind, max_response_len=cfg.max_response_len, tis_cap=cfg.tis_cap if phase == "rl" else 0.0,
-        skip_zero_advantage=bool(cfg.skip_zero_advantage))
+        skip_zero_advantage=bool(cfg.skip_zero_advantage), share_prompts=not cfg.grad_checkpointing)
 
 
 # ---- resume: the settings a checkpoint restores ----

@@ -14,10 +14,11 @@ Everything the rest of the project knows about data lives here, with no model in
     distinct_rows(n, seed, ...)     rows of distinct generated problems (the built-in tasks' pools)
 
 Use: `rows = load_rows("train.parquet"); ok, pred = verifier.verify(response_text, rows[0].ground_truth)`.
-Plain problem/answer rows -> verl rows with the official prompt, answers canonicalised (27.0 -> 27):
+Plain problem/answer rows -> verl rows as the official script writes them (answers as given; --canonicalize
+rewrites 27.0 -> 27, 025 -> 25, which the official script does not):
 
-    python data.py prepare aime24.jsonl aime24.parquet --source aime24 [--problem-key problem --answer-key answer]
-    python data.py prepare gpqa_diamond.jsonl gpqa.parquet --source gpqa-diamond --gpqa
+    python data.py prepare aime24.jsonl aime24.parquet --source aime24 --split test [--problem-key problem ...]
+    python data.py prepare gpqa_diamond.jsonl gpqa.parquet --source gpqa-diamond --split test --gpqa
 """
 import io
 import json
@@ -167,9 +168,13 @@ def as_messages(prompt) -> list[dict]:
     return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else prompt
 
 
-def encode_prompt(tokenizer, prompt):
-    """Token ids of a prompt, through the chat template when the tokenizer has one."""
+def encode_prompt(tokenizer, prompt, system="keep"):
+    """Token ids of a prompt, through the chat template when the tokenizer has one. system (--system-prompt), for a
+    prompt without a system message: "keep" (the template's default, if it adds one), "none" (an empty one, so
+    no default is added), or the text of one."""
     msgs = as_messages(prompt)
+    if system != "keep" and (system != "none" or tokenizer.chat_template) and not any(m["role"] == "system" for m in msgs):
+        msgs = [{"role": "system", "content": "" if system == "none" else system}] + msgs
     if tokenizer.chat_template:
         text = tokenizer.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
     else:
@@ -177,11 +182,11 @@ def encode_prompt(tokenizer, prompt):
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def encode_rows(tokenizer, rows, max_len):
+def encode_rows(tokenizer, rows, max_len, system="keep"):
     """(kept rows, their ids, number dropped): prompts longer than max_len are dropped, never truncated."""
     kept, ids = [], []
     for r in rows:
-        x = encode_prompt(tokenizer, r.prompt)
+        x = encode_prompt(tokenizer, r.prompt, system)
         if len(x) <= max_len:
             kept.append(r)
             ids.append(x)
@@ -358,9 +363,9 @@ class Task:
         """(prompt, target response) for one SFT sequence."""
         raise NotImplementedError
 
-    def encode(self, tokenizer, rows, max_len):
+    def encode(self, tokenizer, rows, max_len, system="keep"):
         """(rows kept, their prompt ids, how many were dropped): encode_rows (a task may remember it)."""
-        return encode_rows(tokenizer, rows, max_len)
+        return encode_rows(tokenizer, rows, max_len, system)
 
 
 class FileTask(Task):
@@ -399,10 +404,14 @@ def _field(rec, key, path, i, number_ok):
     raise _bad(path, i, key, f"expected a non-empty string{' or a number' * number_ok}, got {v!r:.60}")
 
 
-def prepare_rows(records, source, problem_key="problem", answer_key="answer", gpqa=False, seed=0, path="<input>"):
+def prepare_rows(records, source, split, problem_key="problem", answer_key="answer", gpqa=False, seed=0,
+                 path="<input>", canonicalize=False):
     """(verl rows as the official script writes them, [(row number, answer before, after)] canonicalised)
-    from (row number, dict) records. gpqa: GPQA's columns (GPQA_KEYS); the official script shuffles the
-    options with the unseeded global RNG, we with Random(seed)."""
+    from (row number, dict) records: the question as given in extra_info (the prompt strips it), the answer as
+    text (str() of a number, as the official AIME loader does), extra_info {split, index, question}.
+    canonicalize: rewrite answers the verifier could never match (27.0 -> 27; not official). gpqa: GPQA's
+    columns (GPQA_KEYS); the official script shuffles the options with the unseeded global RNG, we with
+    Random(seed)."""
     rng, rows, changed = random.Random(seed), [], []
     for i, rec in records:
         if not isinstance(rec, dict):
@@ -416,22 +425,25 @@ def prepare_rows(records, source, problem_key="problem", answer_key="answer", gp
             prompt, answer = GPQA_TEMPLATE.format(Question=question, **dict(zip("ABCD", options))), "ABCD"[gold]
         else:
             question, raw = _field(rec, problem_key, path, i, False), _field(rec, answer_key, path, i, True)
-            prompt, answer = question.strip() + "\n\n" + MATH_SUFFIX, canonical_answer(raw)
-            if answer != str(raw):
-                changed.append((i, raw, answer))
+            prompt, answer = question.strip() + "\n\n" + MATH_SUFFIX, str(raw)
+            if canonicalize and canonical_answer(raw) != answer:
+                changed.append((i, raw, canonical_answer(raw)))
+                answer = canonical_answer(raw)
         rows.append({"data_source": source, "prompt": [{"role": "user", "content": prompt}],
                      "ability": "General" if gpqa else "Math",
-                     "reward_model": {"ground_truth": answer, "style": "rule"},
-                     "extra_info": {"index": len(rows), "question": question}})
+                     "reward_model": {"style": "rule", "ground_truth": answer},
+                     "extra_info": {"split": split, "index": len(rows), "question": question}})
     return rows, changed
 
 
-def prepare(inp, out, source, problem_key="problem", answer_key="answer", gpqa=False, seed=0) -> list[Row]:
+def prepare(inp, out, source, split, problem_key="problem", answer_key="answer", gpqa=False, seed=0,
+            canonicalize=False) -> list[Row]:
     """Plain problem/answer rows (.jsonl/.json/.parquet) -> verl rows in out (.jsonl/.parquet), read back
-    through load_rows; prints how many answers were canonicalised, with examples."""
+    through load_rows (which warns of ground truths the verifier can never match); with canonicalize, prints
+    how many answers were rewritten, with examples."""
     if not out.endswith((".jsonl", ".parquet")):
         raise ValueError(f"{out}: expected a .jsonl or .parquet output")
-    rows, changed = prepare_rows(_read_raw(inp), source, problem_key, answer_key, gpqa, seed, inp)
+    rows, changed = prepare_rows(_read_raw(inp), source, split, problem_key, answer_key, gpqa, seed, inp, canonicalize)
     if out.endswith(".jsonl"):
         with open(out, "w", encoding="utf-8") as f:
             f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -440,8 +452,9 @@ def prepare(inp, out, source, problem_key="problem", answer_key="answer", gpqa=F
         import pyarrow.parquet as pq
         pq.write_table(pa.Table.from_pylist(rows), out)
     examples = ", ".join(f"row {i}: {before!r} -> {after!r}" for i, before, after in changed[:3])
-    print(f"{inp}: {len(rows)} rows -> {out} (data_source {source!r}); {len(changed)} answers canonicalised"
-          + (f" ({examples}{', ...' if len(changed) > 3 else ''})" if changed else ""))
+    print(f"{inp}: {len(rows)} rows -> {out} (data_source {source!r}, split {split!r}); answers "
+          + (f"canonicalised: {len(changed)}" + (f" ({examples}{', ...' if len(changed) > 3 else ''})" if changed else "")
+             if canonicalize else "as given (--canonicalize rewrites 27.0 -> 27, 025 -> 25)"))
     return load_rows(out)
 
 
@@ -453,13 +466,17 @@ def main(argv=None):
     p.add_argument("input", help="plain rows: .jsonl (one object a line), .json (a list) or .parquet")
     p.add_argument("output", help="verl rows: .jsonl or .parquet")
     p.add_argument("--source", required=True, help="data_source of every row (evaluation groups by it), e.g. aime24")
+    p.add_argument("--split", required=True, choices=["train", "test"], help="extra_info.split (official: train for "
+                   "DAPO-Math-17k, test for AIME and GPQA)")
+    p.add_argument("--canonicalize", action="store_true", help="rewrite answers the verifier can never match "
+                   "(27.0 -> 27, 025 -> 25); not done by the official script")
     p.add_argument("--problem-key", default="problem")
     p.add_argument("--answer-key", default="answer", help="(a string or a number)")
     p.add_argument("--gpqa", action="store_true", help="GPQA's columns -> the official multiple-choice prompt")
     p.add_argument("--seed", type=int, default=0, help="--gpqa: seed of the option shuffle")
     a = ap.parse_args(argv)
     try:
-        prepare(a.input, a.output, a.source, a.problem_key, a.answer_key, a.gpqa, a.seed)
+        prepare(a.input, a.output, a.source, a.split, a.problem_key, a.answer_key, a.gpqa, a.seed, a.canonicalize)
     except (ValueError, OSError) as e:
         sys.exit(f"data.py prepare: {e}")
 

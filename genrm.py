@@ -23,7 +23,8 @@ i.e. outcome +1/-1 plus process -|t - t*|/n when both say flawed.
 Evaluate a GenRM on critique rows (FAPO-Critic / ProcessBench rows, ours or the official eval format with
 extra_info.raw_info.{label, final_answer_correct}; or 512 toy rows):
 
-    python genrm.py --model DIR --data rows.jsonl [--votes 4 --temperature 0.6 --top-p 0.95]
+    python genrm.py --model DIR --data rows.jsonl [--votes 4]   # decoded as the paper validated: T 0.6, top-p 0.95,
+                                                                # 8192 new tokens (--setting greedy: T 0, 1024)
     python genrm.py --model oracle --data toy      # the toy checker (toy.py): every metric 1.0
     python genrm.py --model http://127.0.0.1:8000/v1 --genrm-model NAME --data rows.jsonl   # a served GenRM
 """
@@ -417,6 +418,11 @@ def evaluate_rows(judge: Judge, rows: list[Row]) -> dict:
     return m
 
 
+# how `python genrm.py` decodes a model GenRM; "official" is the official validation of FAPO-GenRM-4B
+EVAL_SETTINGS = {"official": dict(temperature=0.6, top_p=0.95, max_new_tokens=8192),
+                 "greedy": dict(temperature=0.0, top_p=1.0, max_new_tokens=1024)}
+
+
 def main(argv=None):
     import argparse
     ap = argparse.ArgumentParser(description="Evaluate a GenRM on critique rows (ProcessBench / FlawedPositiveBench).")
@@ -426,13 +432,15 @@ def main(argv=None):
                     "`vllm serve`, or its --served-model-name)")
     ap.add_argument("--data", required=True, help="critique rows (.jsonl/.json/.parquet), or 'toy' for 512 toy rows")
     ap.add_argument("--votes", type=int, default=1, help="k samples per row, majority vote (local model only)")
-    ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (paper's GenRM val: 0.6, top-p 0.95)")
-    ap.add_argument("--top-p", type=float, default=1.0)
+    ap.add_argument("--setting", default="official", choices=list(EVAL_SETTINGS), help="sampling and length: "
+                    "genrm.EVAL_SETTINGS (official: the paper's validation; greedy: short and deterministic)")
+    ap.add_argument("--temperature", type=float, default=None, help="overrides the setting's (0 = greedy)")
+    ap.add_argument("--top-p", type=float, default=None, help="overrides the setting's")
     ap.add_argument("--verdict-parse", default="official", choices=VERDICT_PARSES, help="official: int() of the "
                     "last box, no range check, votes over the raw box strings (first seen wins a tie), as the "
                     "official script (which runs the winning box as Python: read only as an integer here); strict: -1..n-1 only, ties to "
                     "the smallest index")
-    ap.add_argument("--max-new-tokens", type=int, default=1024)
+    ap.add_argument("--max-new-tokens", type=int, default=None, help="overrides the setting's")
     ap.add_argument("--max-tokens-in-flight", type=int, default=16384, help="local model: memory cap, rows x (prompt "
                     "+ new tokens) decoded at once (the KV cache and the prefill grow with it; the default kept a 41M "
                     "model on the 100 sample critic rows at 1.04 GiB, uncapped 9.5 GiB at 64 new tokens; raise it on a GPU); "
@@ -442,6 +450,7 @@ def main(argv=None):
     ap.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    decode = {k: v if getattr(args, k) is None else getattr(args, k) for k, v in EVAL_SETTINGS[args.setting].items()}
     remote = args.model.startswith(("http://", "https://"))
     if remote and not args.genrm_model:
         ap.error("an endpoint needs --genrm-model (the name the server serves the GenRM under)")
@@ -455,8 +464,9 @@ def main(argv=None):
         checker = toy.check  # reads toy problems; on any other row it gives no verdict
     rows = toy.critic_eval_rows(512, seed=12345) if args.data == "toy" else load_critic_rows(args.data)
     dtype = torch.bfloat16 if torch.cuda.is_available() else torch.float32
-    judge = make_judge(args.model, checker=checker, dtype=dtype, max_tokens=args.max_new_tokens, temperature=args.temperature,
-                       top_p=args.top_p, votes=args.votes, seed=args.seed, served_model=args.genrm_model,
+    print(f"evaluation setting: {args.setting} (" + ", ".join(f"{k} {v}" for k, v in decode.items()) + ")")
+    judge = make_judge(args.model, checker=checker, dtype=dtype, max_tokens=decode["max_new_tokens"],
+                       temperature=decode["temperature"], top_p=decode["top_p"], votes=args.votes, seed=args.seed, served_model=args.genrm_model,
                        concurrency=args.concurrency, timeout=args.timeout, verdict_parse=args.verdict_parse,
                        max_tokens_in_flight=args.max_tokens_in_flight or None)
     with judge.ready():

@@ -38,6 +38,9 @@ from dataclasses import dataclass
 
 import torch
 from torch.distributed.tensor import DTensor
+from transformers import DynamicCache
+
+from sampler import cache_kwarg_name
 
 AGG_MODES = ("token-mean", "seq-mean-token-sum", "seq-mean-token-mean", "seq-mean-token-sum-norm")
 DEFAULT_CHUNK_ROWS = 512  # 512 x 151,936 float32 = 311 MB per temporary
@@ -275,17 +278,62 @@ def collate(prompts, responses, pad, device):
     return {k: v.to(device) for k, v in dict(ids=ids, attn=attn, pos=pos, mask=resp_mask, targets=targets).items()}, R
 
 
+def collate_shared(prompts, responses, pad, device):
+    """A micro-batch laid out to run each distinct prompt once (a group's G rollouts share one): the prompts
+    (U, P) left-padded, rows (B,) the prompt of each response, and the responses (B, R) right-padded, which
+    attend to their prompt's keys and values. Masks and positions come from lengths, never from the pad id."""
+    index = {}
+    rows = [index.setdefault(tuple(x), len(index)) for x in prompts]  # (B,) position in the distinct prompts
+    distinct = [list(x) for x in index]
+    # R >= 2: every micro-batch makes the same two forwards on every rank (FSDP's collectives), a filler's too
+    P, R, B = max(len(x) for x in distinct), max(max(len(y) for y in responses), 2), len(prompts)
+    p_ids = torch.full((len(distinct), P), pad, dtype=torch.long)
+    p_attn = torch.zeros((len(distinct), P), dtype=torch.long)
+    for i, x in enumerate(distinct):
+        p_ids[i, P - len(x):], p_attn[i, P - len(x):] = torch.tensor(x, dtype=torch.long), 1
+    r_ids = torch.full((B, R), pad, dtype=torch.long)
+    mask = torch.zeros((B, R))
+    for i, y in enumerate(responses):
+        r_ids[i, :len(y)], mask[i, :len(y)] = torch.tensor(y, dtype=torch.long), 1.0
+    rows = torch.tensor(rows)
+    lengths = p_attn.sum(-1)[rows]                                     # (B,) prompt length of each row
+    batch = dict(p_ids=p_ids, p_attn=p_attn, p_pos=(p_attn.cumsum(-1) - 1).clamp(min=0), rows=rows,
+                 r_ids=r_ids, attn=torch.cat([p_attn[rows], mask[:, :-1].long()], 1),  # (B, P + R - 1)
+                 r_pos=lengths[:, None] + torch.arange(R - 1)[None], mask=mask)  # (B, R - 1), (B, R)
+    return {k: v.to(device) for k, v in batch.items()}, R
+
+
+def can_share_prompts(model) -> bool:
+    """No sliding-window layers: their cache keeps a window, not the full forward's keys. (Gradient checkpointing,
+    where HF turns the cache off, is UpdateSettings.share_prompts = False.)"""
+    return not any(DynamicCache(config=model.config).is_sliding)
+
+
 def response_logprobs(model, batch, R, temperature, want_entropy=False):
-    """(B, R) log-probs of the response tokens at `temperature` (as sampled), and optionally entropy."""
-    logits = model(input_ids=batch["ids"], attention_mask=batch["attn"], position_ids=batch["pos"],
-                   logits_to_keep=R + 1).logits                   # (B, R+1, V)
-    # targets carry one dummy column so no slice of the logits is copied; its output is dropped
-    logp = token_logprobs(logits, batch["targets"], temperature)[:, :R]  # (B, R)
-    ent = None
-    if want_entropy:  # logged, never trained on: no autograd graph for it
-        with torch.no_grad():
-            ent = token_entropy(logits.detach(), temperature)[:, :R]
-    return logp, ent
+    """(B, R) log-probs of the response tokens at `temperature` (as sampled), and optionally entropy. A batch
+    from collate_shared runs each prompt once: the same values as collate's up to float rounding, with the
+    gradient of every response flowing back into its prompt's keys and values."""
+    if "rows" not in batch:
+        logits = model(input_ids=batch["ids"], attention_mask=batch["attn"], position_ids=batch["pos"],
+                       logits_to_keep=R + 1).logits                   # (B, R+1, V)
+        # targets carry one dummy column so no slice of the logits is copied; its output is dropped
+        logp = token_logprobs(logits, batch["targets"], temperature)[:, :R]  # (B, R)
+        return logp, _entropy(logits, temperature)[:, :R] if want_entropy else None
+    cache = DynamicCache(config=model.config)
+    cached = {cache_kwarg_name(model): cache, "use_cache": True}
+    head = model(input_ids=batch["p_ids"], attention_mask=batch["p_attn"], position_ids=batch["p_pos"],
+                 logits_to_keep=1, **cached).logits[batch["rows"]]  # (B, 1, V): predicts response token 0
+    cache.batch_select_indices(batch["rows"])  # (B, ...) each row gets its prompt's keys and values
+    tail = model(input_ids=batch["r_ids"][:, :-1], attention_mask=batch["attn"], position_ids=batch["r_pos"],
+                 **cached).logits  # (B, R - 1, V): predicts response tokens 1..R-1
+    parts = [(head, batch["r_ids"][:, :1]), (tail, batch["r_ids"][:, 1:])]
+    logp = torch.cat([token_logprobs(x, y, temperature) for x, y in parts], 1)  # (B, R)
+    return logp, torch.cat([_entropy(x, temperature) for x, _ in parts], 1) if want_entropy else None
+
+
+def _entropy(logits, temperature):
+    with torch.no_grad():  # logged, never trained on: no autograd graph for it
+        return token_entropy(logits.detach(), temperature)
 
 
 def chunks(seq, size):
@@ -356,6 +404,7 @@ class UpdateSettings:
     max_response_len: int | None = None  # Dr. GRPO's constant L
     tis_cap: float = 0.0           # > 0: truncated importance weight min(pi_old / pi_sampler, cap) (not in the paper)
     skip_zero_advantage: bool = True  # no forward/backward for samples whose loss is 0 (see trained_samples)
+    share_prompts: bool = True     # each prompt once per micro-batch (collate_shared); off under gradient checkpointing
 
 
 def _advantages(mb, R, device):
@@ -415,11 +464,17 @@ def trained_samples(mini, cfg: UpdateSettings, with_kl: bool):
     return live or fillers(mini, 1)
 
 
+def batch_of(mb, cfg: UpdateSettings, world, share: bool):
+    """A micro-batch's tensors: collate_shared (every prompt once) or collate; the same choice on every rank."""
+    return (collate_shared if share else collate)([s.prompt for s in mb], [s.response for s in mb], cfg.pad_id,
+                                                   world.device)
+
+
 @torch.no_grad()
-def store_old_logprobs(model, samples, cfg: UpdateSettings, world):
+def store_old_logprobs(model, samples, cfg: UpdateSettings, world, share: bool):
     """Log-probs of the policy before this step's first update (the ratio's denominator)."""
     for mb in micro_batches(samples, cfg.micro_batch, cfg.logprob_batch_tokens, world):
-        batch, R = collate([s.prompt for s in mb], [s.response for s in mb], cfg.pad_id, world.device)
+        batch, R = batch_of(mb, cfg, world, share)
         old, _ = response_logprobs(model, batch, R, cfg.temperature)
         for s, row in zip(mb, old):
             s.old_logp = row[: len(s.response)].cpu()
@@ -431,8 +486,9 @@ def policy_update(model, optimizer, samples, cfg: UpdateSettings, world, ref_mod
     global stats (with gap_mean, gap_max, gap_kl when samples carry sampler_logp, and tis_weight when
     tis_cap > 0); an update whose gradient norm is not finite is skipped and counted."""
     stats = {"loss": 0.0, "clipfrac": 0.0, "clipfrac_lower": 0.0, "ppo_kl": 0.0, "entropy": 0.0, "kl": 0.0, "n_micro": 0}
+    share = cfg.share_prompts and can_share_prompts(model)
     if cfg.mini_batches > 1:  # several updates per step: the ratio needs the pre-update policy
-        store_old_logprobs(model, trained_samples(samples, cfg, ref_model is not None), cfg, world)
+        store_old_logprobs(model, trained_samples(samples, cfg, ref_model is not None), cfg, world, share)
     grad_norms, skipped = [], 0
     gap_sums, gap_max = torch.zeros(5, dtype=torch.float64, device=world.device), torch.zeros((), device=world.device)
     trained = 0  # real rollouts through the update
@@ -441,7 +497,7 @@ def policy_update(model, optimizer, samples, cfg: UpdateSettings, world, ref_mod
         live = trained_samples(mini, cfg, ref_model is not None)
         trained += sum(1 for s in live if s.weight)
         for mb in micro_batches(live, cfg.micro_batch, cfg.micro_batch_tokens, world):
-            batch, R = collate([s.prompt for s in mb], [s.response for s in mb], cfg.pad_id, world.device)
+            batch, R = batch_of(mb, cfg, world, share)
             mask = batch["mask"] * torch.tensor([s.weight for s in mb], device=world.device)[:, None]  # (B, R)
             logp, ent = response_logprobs(model, batch, R, cfg.temperature, want_entropy=True)   # (B, R)
             old = logp.detach() if cfg.mini_batches == 1 else torch.nn.utils.rnn.pad_sequence(

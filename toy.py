@@ -342,12 +342,12 @@ class ToyTask(Task):
             test = (load_critic_rows if self.kind == "critic" else load_rows)(self.test)[: self.n_test]
         return train, test
 
-    def encode(self, tok, rows, max_len):
+    def encode(self, tok, rows, max_len, system="keep"):
         """data.encode_rows, remembered for the toy tokenizer: the 20,000-prompt pool costs 0.75 s to encode,
         and tests (and notebooks) build many toy runs in one process."""
-        if tok is tokenizer():
+        if tok is tokenizer() and system == "keep":
             return _encoded(rows, max_len)
-        return super().encode(tok, rows, max_len)
+        return super().encode(tok, rows, max_len, system)
 
     def sft_example(self, rng):
         if self.kind == "critic":  # the toy GenRM's cold start: checker-written critiques

@@ -272,7 +272,7 @@ def sft_step(step, run):
     for _ in range(cfg.sft_batch // world.size):
         prompt, response = run.task.sft_example(rng)
         response_ids = tok(response, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
-        pairs.append((data.encode_prompt(tok, prompt), response_ids))
+        pairs.append((data.encode_prompt(tok, prompt, cfg.system_prompt), response_ids))
     t0 = time.time()
     m = grpo.sft_update(run.model, run.optimizer, pairs, run.settings, world)
     run.scheduler.step()
@@ -353,7 +353,7 @@ def make_task(cfg) -> data.Task:
                            test=cfg.test_data)
     if cfg.data == "arith":  # word problems with an exact equation checker (arith.py); test "arith": its held-out split
         return arith.ArithTask(kind, eval_prompts=cfg.eval_prompts, test=cfg.test_data,
-                               flawed_share=cfg.sft_flawed_share)
+                               flawed_share=cfg.sft_flawed_share, level=cfg.arith_level)
     return data.FileTask(kind, cfg.data, None if cfg.test_data == "none" else cfg.test_data, cfg.eval_prompts,
                          sft=cfg.task == "sft")
 
@@ -376,8 +376,8 @@ def load_model(cfg, world, dtype, tokenizer):
 def encode(task, tokenizer, cfg, world):
     """(train rows, ids, test rows, ids): over-long prompts dropped and counted, never truncated."""
     train, test = task.rows()
-    train, train_ids, dropped = task.encode(tokenizer, train, cfg.max_prompt_len)
-    test, test_ids, dropped_test = task.encode(tokenizer, test, cfg.max_prompt_len)
+    train, train_ids, dropped = task.encode(tokenizer, train, cfg.max_prompt_len, cfg.system_prompt)
+    test, test_ids, dropped_test = task.encode(tokenizer, test, cfg.max_prompt_len, cfg.system_prompt)
     if dropped or dropped_test:
         world.say(f"dropped over-long prompts (> {cfg.max_prompt_len} tokens): train {dropped}, test {dropped_test}")
     if not train:

@@ -127,7 +127,7 @@ def build_rows(args):
         for a in range(2, 60):
             for b in range(3, 20):
                 f.write(json.dumps({"problem": f"Compute {a} * {b} + {a + b}.", "answer": str(a * b + a + b)}) + "\n")
-    data.prepare(plain, rows, "arith")
+    data.prepare(plain, rows, "arith", "train")
     return rows
 
 

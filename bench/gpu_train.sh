@@ -32,7 +32,7 @@ with open(f"{work}/plain.jsonl", "w") as f:
             f.write(json.dumps({"problem": f"Compute {a} * {b} + {a + b}.", "answer": str(a * b + a + b)}) + "\n")
 print("policy:", sum(p.numel() for p in model.parameters()) / 1e6, "M params")
 PY
-python3 data.py prepare "$WORK/plain.jsonl" "$WORK/train.jsonl" --source arith > /dev/null
+python3 data.py prepare "$WORK/plain.jsonl" "$WORK/train.jsonl" --source arith --split train > /dev/null
 head -n 64 "$WORK/train.jsonl" > "$WORK/test.jsonl"
 run() {  # name, extra flags
   local name=$1; shift

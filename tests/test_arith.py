@@ -31,7 +31,7 @@ def test_generator_is_seeded_and_well_formed():
     rng = random.Random(0)
     for _ in range(500):
         p = arith.make_problem(rng)
-        assert 2 <= len(p.ops) <= 4 and all(0 <= v <= arith.MAX_VALUE for v in p.running_values())
+        assert 2 <= len(p.ops) <= 4 and all(0 <= v <= arith.LEVELS["standard"]["max_value"] for v in p.running_values())
         assert p.text.endswith("have now?") and "\\boxed{}" in arith.problem_row(p).prompt[0]["content"]
         # the worked solution is clean for the checker and boxes the answer the verifier wants
         steps = arith.solution_steps(p)
@@ -41,14 +41,26 @@ def test_generator_is_seeded_and_well_formed():
     assert {op for p in (arith.make_problem(rng) for _ in range(300)) for op, _ in p.ops} == set("+-*/")
 
 
-def test_held_out_split_is_disjoint():
-    train_rows, test_rows = arith.task_rows(0, 3000, 200)
-    questions = {r.extra_info["question"] for r in train_rows}
-    assert len(test_rows) == 200 and not questions & {r.extra_info["question"] for r in test_rows}
-    assert len(questions) == 3000  # distinct problems
+def test_held_out_splits_are_disjoint():
+    train_rows, val_rows, test_rows = arith.task_rows(0, 3000, 200)
+    questions = [{r.extra_info["question"] for r in rows} for rows in (train_rows, val_rows, test_rows)]
+    assert [len(q) for q in questions] == [3000, 200, 200]  # distinct problems
+    assert not (questions[0] & questions[1] or questions[0] & questions[2] or questions[1] & questions[2])
     task = arith.ArithTask("policy", 0, eval_prompts=200)
-    assert [r.prompt for r in task.rows()[1]] == [r.prompt for r in test_rows]
+    assert [r.prompt for r in task.rows()[1]] == [r.prompt for r in arith.task_rows(0)[2][:200]]
+    val = arith.ArithTask("policy", 0, eval_prompts=200, test="arith-val").rows()[1]
+    assert [r.prompt for r in val] == [r.prompt for r in arith.task_rows(0)[1][:200]]
     assert arith.ArithTask("policy", 0, test="none").rows()[1] == []
+
+
+@pytest.mark.parametrize("level", sorted(arith.LEVELS))
+def test_levels_keep_their_bounds(level):
+    rng, lv = random.Random(5), arith.LEVELS[level]
+    for _ in range(300):
+        p = arith.make_problem(rng, level)
+        assert lv["min_ops"] <= len(p.ops) <= lv["max_ops"] and p.start <= lv["max_start"]
+        assert all(0 <= v <= lv["max_value"] for v in p.running_values())
+        assert arith.check(p.text, p.answer, arith.solution_steps(p))[0] == -1
 
 
 def test_sft_examples_are_worked_solutions():

@@ -145,16 +145,35 @@ def _write(path, records):
         f.write("".join(json.dumps(r) + "\n" for r in records))
 
 
-def _ev(tag, acc, flawed, length=90.0):
-    return {"eval": tag, "eval_acc@1": acc, "eval_flawed_ratio": flawed, "eval_response_length": length}
+def _ev(tag, acc, flawed):
+    return {"eval": tag, "eval_acc@1": acc, "eval_flawed_ratio": flawed}
+
+
+def _eval_dump(path, correct, flawed, problems=8, samples=2):
+    """An eval dump as train.py --dump-prompts writes it: `correct` of the problems*samples rollouts right (spread
+    over the problems), the first `flawed` of those flagged by the checker."""
+    rows = []
+    for k in range(problems * samples):
+        right = k < correct
+        rows.append({"prompt": f"problem {k % problems}", "correct": right,
+                     "genrm_index": (1 if k < flawed else -1) if right else None})
+    _write(path, rows)
 
 
 def _finished_runs(out, start, base, fapo):
-    """OUT as bench/realmodel.py --quick leaves it: the start's eval, each arm's steps and final eval."""
-    _write(os.path.join(out, "start", "sft", "metrics.jsonl"), [{"step": 1, "loss": 1.0}, _ev("after_sft", *start)])
+    """OUT as bench/realmodel.py --quick leaves it: the start's eval and dump, each arm's steps, final eval, dump.
+    start/base/fapo: (correct, flawed) of the 16 eval rollouts."""
+    n = 16
+    _write(os.path.join(out, "start", "sft", "metrics.jsonl"),
+           [{"step": 1, "loss": 1.0}, _ev("after_sft", start[0] / n, start[1] / max(start[0], 1))])
+    _eval_dump(os.path.join(out, "start", "dumps", "eval_after_sft.jsonl"), *start)
     for name, end in (("baseline", base), ("FAPO", fapo)):
-        steps = [{"step": k, "acc": 0.2, "flawed_ratio": 0.2} for k in (1, 2)]
-        _write(os.path.join(out, f"{name}_seed0", "rl", "metrics.jsonl"), steps + [{**_ev("step2", *end), "step": 2}])
+        run = os.path.join(out, f"{name}_seed0")
+        steps = [{"step": k, "acc": 0.2, "flawed_ratio": 0.2, "t_sample": 1.0, "t_judge": 0.0, "t_train": 2.0,
+                  "response_length": 20.0} for k in (1, 2)]
+        _write(os.path.join(run, "rl", "metrics.jsonl"),
+               steps + [{**_ev("step2", end[0] / n, end[1] / max(end[0], 1)), "step": 2}])
+        _eval_dump(os.path.join(run, "dumps", "eval_step2.jsonl"), *end)
 
 
 def _report(tmp_path, start, base, fapo):
@@ -169,17 +188,19 @@ def _report(tmp_path, start, base, fapo):
 
 
 def test_realmodel_report_and_floors(tmp_path):
-    text, floors = _report(tmp_path, (0.20, 0.25), (0.30, 0.24), (0.31, 0.10))
-    assert "| start (after the cold start) | 0.200 | 0.250 | 90.0 |" in text
-    assert "| FAPO, seed 0 | 0.310 | 0.100 | 90.0 | 5 / 16 |" in text
-    assert all(floors.values()) and text.count("PASS") == 3
-    _, floors = _report(tmp_path, (0.20, 0.25), (0.30, 0.24), (0.25, 0.13))  # 5 points apart, not quite halved
-    assert list(floors.values()) == [True, False, False]
+    text, floors = _report(tmp_path, (2, 1), (12, 6), (12, 0))
+    assert "| start (after the cold start) | 0.125 [" in text and "| 2 / 16 | 1 |" in text
+    assert "| FAPO, seed 0 | 0.750 [" in text and "| 12 / 16 | 0 |" in text
+    assert all(floors.values()) and text.count("PASS") == 4
+    _, floors = _report(tmp_path, (2, 1), (12, 6), (12, 4))  # the same accuracy; flawed 4/12 against 6/12: not halved
+    assert list(floors.values()) == [True, True, False, True]
+    _, floors = _report(tmp_path, (2, 1), (3, 1), (12, 0))  # the baseline's rise: 1 of 16, its CI reaches 0
+    assert list(floors.values())[:2] == [False, True]
 
 
 def test_realmodel_floors_never_pass_on_nothing_measured(tmp_path):
     """No correct answer anywhere: 0 <= 0 / 2 and 0 - 0 <= 2 points would pass with nothing measured."""
-    text, floors = _report(tmp_path, (0.0, 0.0), (0.0, 0.0), (0.0, 0.0))
+    text, floors = _report(tmp_path, (0, 0), (0, 0), (0, 0))
     assert not any(floors.values()) and "PASS" not in text
 
 

@@ -243,28 +243,50 @@ def test_canonical_answer():
 # ---- python data.py prepare ----
 
 
-def test_prepare_command(tmp_path, capsys):
+PLAIN = [{"problem": "  What is 3^3?  ", "answer": 27.0}, {"problem": "AIME", "answer": "025"},
+         {"problem": "Half?", "answer": "\\frac{1}{2}"}, {"problem": "Four", "answer": 4}]
+
+
+def _official_row(i, rec, source, split):
+    """The row the official prepare script (fapo_reasoning/data_process.py) writes for a math record: prompt from
+    the stripped question plus the suffix, the answer as text, extra_info {split, index, question as given}."""
+    return {"data_source": source, "ability": "Math",
+            "prompt": [{"role": "user", "content": rec["problem"].strip() + "\n\nPlease reason step by step, and "
+                        "put your final answer within \\boxed{}."}],
+            "reward_model": {"style": "rule", "ground_truth": str(rec["answer"])},
+            "extra_info": {"split": split, "index": i, "question": rec["problem"]}}
+
+
+def test_prepare_writes_the_official_rows(tmp_path, capsys):
     src = tmp_path / "amc.jsonl"
-    src.write_text("\n".join(json.dumps(r) for r in [
-        {"problem": "  What is 3^3?  ", "answer": 27.0}, {"problem": "AIME", "answer": "025"},
-        {"problem": "Half?", "answer": "\\frac{1}{2}"}, {"problem": "Four", "answer": 4}]) + "\n")
+    src.write_text("\n".join(json.dumps(r) for r in PLAIN) + "\n")
     out = tmp_path / "verl.jsonl"
-    data.main(["prepare", str(src), str(out), "--source", "amc23"])
+    data.main(["prepare", str(src), str(out), "--source", "aime24", "--split", "test"])
+    assert "answers as given" in capsys.readouterr().out
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert written == [_official_row(i, r, "aime24", "test") for i, r in enumerate(PLAIN)]  # field for field
+    assert [r["reward_model"]["ground_truth"] for r in written] == ["27.0", "025", "\\frac{1}{2}", "4"]
+    pytest.importorskip("pyarrow")
+    parquet = data.prepare(str(src), str(tmp_path / "verl.parquet"), "math-dapo", "train")
+    assert [r.ground_truth for r in parquet] == ["27.0", "025", "\\frac{1}{2}", "4"]
+    assert [r.extra_info for r in parquet] == [_official_row(i, r, "x", "train")["extra_info"] for i, r in enumerate(PLAIN)]
+
+
+def test_prepare_canonicalizes_only_when_asked(tmp_path, capsys):
+    src = tmp_path / "amc.jsonl"
+    src.write_text("\n".join(json.dumps(r) for r in PLAIN) + "\n")
+    out = tmp_path / "verl.jsonl"
+    data.main(["prepare", str(src), str(out), "--source", "amc23", "--split", "test", "--canonicalize"])
     said = capsys.readouterr().out
-    assert "4 rows" in said and "2 answers canonicalised" in said and "27.0 -> '27'" in said and "'025' -> '25'" in said
+    assert "4 rows" in said and "canonicalised: 2" in said and "27.0 -> '27'" in said and "'025' -> '25'" in said
     rows = data.load_rows(str(out))
     assert [r.ground_truth for r in rows] == ["27", "25", "\\frac{1}{2}", "4"]
-    assert data.MATH_SUFFIX == "Please reason step by step, and put your final answer within \\boxed{}."
     assert rows[0].prompt == [{"role": "user", "content": "What is 3^3?\n\n" + data.MATH_SUFFIX}]
     assert rows[0].extra_info["question"] == "  What is 3^3?  " and rows[0].data_source == "amc23"
     assert verify("... so \\boxed{27}", rows[0].ground_truth)[0] and verify("\\boxed{25}", rows[1].ground_truth)[0]
-    assert json.loads(out.read_text().splitlines()[0])["reward_model"] == {"ground_truth": "27", "style": "rule"}
     with pytest.raises(ValueError, match=r"amc.jsonl: row 2: field 'answer'"):
-        data.prepare_rows([(1, {"problem": "p", "answer": "1"}), (2, {"problem": "p", "answer": True})], "x",
+        data.prepare_rows([(1, {"problem": "p", "answer": "1"}), (2, {"problem": "p", "answer": True})], "x", "test",
                           path=str(src))
-    pytest.importorskip("pyarrow")
-    parquet = data.prepare(str(src), str(tmp_path / "verl.parquet"), "amc23")
-    assert [r.ground_truth for r in parquet] == ["27", "25", "\\frac{1}{2}", "4"]
 
 
 def test_prepare_gpqa_and_cli(tmp_path):
@@ -276,7 +298,7 @@ def test_prepare_gpqa_and_cli(tmp_path):
            "Incorrect Answer 3": "w3"}
     src.write_text("\n".join(json.dumps(rec) for _ in range(8)) + "\n")
     out = tmp_path / "verl.jsonl"
-    cmd = [sys.executable, "data.py", "prepare", str(src), str(out), "--source"]
+    cmd = [sys.executable, "data.py", "prepare", str(src), str(out), "--split", "test", "--source"]
     done = subprocess.run(cmd + ["gpqa-diamond", "--gpqa"], cwd=ROOT, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     rows = data.load_rows(str(out))
@@ -299,3 +321,27 @@ def test_split_steps():
     assert split_steps("a\nb\n\n\n\n  c  ") == ["a\nb", "c"]
     assert split_steps("") == [] and split_steps("\n\n \n") == []
     assert split_steps("x\r\n\r\ny") == ["x", "y"]
+
+
+# ---- prompts through a chat template: --system-prompt ----
+
+_TEMPLATE = ("{% if messages[0]['role'] != 'system' %}S:default\n{% endif %}"
+             "{% for m in messages %}{{ m['role'][0] | upper }}:{{ m['content'] }}\n{% endfor %}A:")
+
+
+def test_encode_prompt_system_modes():
+    import toy
+    tok = toy.tokenizer()
+    user = [{"role": "user", "content": "What is 2 + 3?"}]
+    text = lambda ids: tok.decode(ids)
+    tok.chat_template = None
+    plain = data.encode_prompt(tok, user, "none")  # no chat template: the messages' text, no system added
+    assert text(plain) == text(tok("What is 2 + 3?", add_special_tokens=False)["input_ids"])
+    tok.chat_template = _TEMPLATE
+    keep, none, own = (data.encode_prompt(tok, user, s) for s in ("keep", "none", "Be brief."))
+    assert text(keep) == text(tok("S:default\nU:What is 2 + 3?\nA:", add_special_tokens=False)["input_ids"])
+    assert text(none) == text(tok("S:\nU:What is 2 + 3?\nA:", add_special_tokens=False)["input_ids"])
+    assert text(own) == text(tok("S:Be brief.\nU:What is 2 + 3?\nA:", add_special_tokens=False)["input_ids"])
+    assert len(none) < len(keep)  # the template's default system prompt is gone
+    with_system = [{"role": "system", "content": "Mine."}] + user  # a prompt's own system message always stays
+    assert len({tuple(data.encode_prompt(tok, with_system, s)) for s in ("keep", "none", "Be brief.")}) == 1

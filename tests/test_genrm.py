@@ -252,3 +252,21 @@ def test_check_critic_rows_official_fields():
         data.check_critic_rows([Row(prompt, True, {})], "f.jsonl")
     with pytest.raises(ValueError, match="total_steps"):
         data.check_critic_rows([Row([], 1, {})], "f.jsonl")
+
+
+@pytest.mark.parametrize("flags, want", [
+    ([], dict(temperature=0.6, top_p=0.95, max_tokens=8192)),  # the official validation of FAPO-GenRM-4B
+    (["--setting", "greedy"], dict(temperature=0.0, top_p=1.0, max_tokens=1024)),
+    (["--setting", "greedy", "--max-new-tokens", "64"], dict(temperature=0.0, top_p=1.0, max_tokens=64))])
+def test_genrm_cli_decodes_as_the_paper_validated_unless_told(monkeypatch, capsys, flags, want):
+    seen = {}
+
+    def fake_make_judge(spec, **kw):
+        seen.update(kw)
+        raise SystemExit(0)
+    monkeypatch.setattr(genrm, "make_judge", fake_make_judge)
+    with pytest.raises(SystemExit):
+        genrm.main(["--model", "some/dir", "--data", "toy", "--limit", "2"] + flags)
+    assert {k: seen[k] for k in want} == want
+    setting = "greedy" if flags else "official"
+    assert f"evaluation setting: {setting} (temperature {want['temperature']}" in capsys.readouterr().out

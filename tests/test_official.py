@@ -196,7 +196,7 @@ def test_config_defaults_per_preset():
     d = vars(ap.parse_args([]))
     assert (d["judge_prompt"], d["verdict_parse"], d["genrm_temperature"], d["genrm_top_p"], d["genrm_top_k"]) == \
         ("official", "official", None, None, None)
-    for name in ("fapo-7b", "fapo-32b", "baseline-7b"):
+    for name in ("fapo-7b", "fapo-32b", "baseline-7b", "baseline-32b"):
         p = config.PRESETS[name]
         assert p["judge_prompt"] == "official" and p["verdict_parse"] == "official" and "genrm_temperature" not in p
     for name in ("toy", "toy-genrm"):

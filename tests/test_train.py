@@ -370,7 +370,7 @@ def qwen_run_inputs(tmp_path):
     rows = {}
     for src in ("amc23", "aime24"):
         rows[src] = tmp_path / f"{src}.jsonl"
-        data.main(["prepare", str(plain), str(rows[src]), "--source", src])
+        data.main(["prepare", str(plain), str(rows[src]), "--source", src, "--split", "test", "--canonicalize"])
     mixed = tmp_path / "test.jsonl"
     lines = [open(rows[src]).read().splitlines(keepends=True) for src in ("amc23", "aime24")]
     mixed.write_text("".join(a + b for a, b in zip(*lines)))  # interleaved: --eval-prompts N keeps both sources
