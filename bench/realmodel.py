@@ -364,7 +364,10 @@ def settings(args):
         key, _, value = kv.partition("=")
         if key not in S:
             raise SystemExit(f"--set {kv}: no setting {key!r} (settings: {', '.join(S)})")
-        S[key] = json.loads(value) if value[:1] in "[{0123456789-.tf" else value
+        try:
+            S[key] = json.loads(value)
+        except json.JSONDecodeError:  # a bare word: a string (level=small)
+            S[key] = value
     return S
 
 

@@ -1,4 +1,4 @@
-"""bench/shared_prompt.py -- one GRPO update with each prompt forwarded once for its group (grpo.collate_shared: the
+"""bench/shared_prompt.py -- one GRPO update with each prompt forwarded once for its group (logprobs.collate_shared: the
 responses attend to its KV cache) against one forward of prompt + response per rollout, on the same samples.
 
 The samples are bench/realmodel.py's work: P arith prompts (--arith-level small, no system prompt) through the
@@ -25,16 +25,7 @@ sys.path.insert(0, ROOT)
 import arith  # noqa: E402
 import data  # noqa: E402
 import grpo  # noqa: E402
-
-
-class OneProcess:
-    """A world of one without torch.distributed: what policy_update needs."""
-    size, device = 1, torch.device("cpu")
-
-    def sum(self, values):
-        return [float(v) for v in values]
-
-    max = sum
+from infra.fsdp import World  # noqa: E402
 
 
 def samples(tok, prompts, rollouts, seed):
@@ -48,14 +39,14 @@ def samples(tok, prompts, rollouts, seed):
     return out, sum(len(s.prompt) for s in out), sum(len(s.response) for s in out)
 
 
-def timed_update(model, batch, share, repeats):
+def timed_update(model, batch, share, repeats, world):
     times, m = [], None
     for _ in range(repeats):
         m = copy.deepcopy(model)
         opt = torch.optim.AdamW(m.parameters(), lr=1e-5)
         settings = grpo.UpdateSettings(pad_id=0, micro_batch=16, share_prompts=share)
         t = time.perf_counter()
-        grpo.policy_update(m, opt, batch, settings, OneProcess())
+        grpo.policy_update(m, opt, batch, settings, world)
         times.append(time.perf_counter() - t)
     return statistics.median(times), m
 
@@ -72,8 +63,9 @@ def main(argv=None):
     batch, prompt_tokens, response_tokens = samples(tok, args.prompts, args.rollouts, seed=0)
     print(f"{args.prompts} prompts x {args.rollouts} rollouts: {prompt_tokens / len(batch):.1f} prompt and "
           f"{response_tokens / len(batch):.1f} response tokens a rollout; {torch.get_num_threads()} thread(s)")
-    naive_s, naive = timed_update(model, batch, False, args.repeats)
-    shared_s, shared = timed_update(model, batch, True, args.repeats)
+    world = World()  # a world of one, as `python train.py` runs
+    naive_s, naive = timed_update(model, batch, False, args.repeats, world)
+    shared_s, shared = timed_update(model, batch, True, args.repeats, world)
     diff = max((a - b).abs().max().item() for a, b in zip(naive.parameters(), shared.parameters()))
     for name, s, tokens in (("one forward per rollout", naive_s, prompt_tokens + response_tokens),
                             ("each prompt once (shared)", shared_s, prompt_tokens // args.rollouts + response_tokens)):

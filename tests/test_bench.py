@@ -204,7 +204,7 @@ def test_realmodel_floors_never_pass_on_nothing_measured(tmp_path):
     assert not any(floors.values()) and "PASS" not in text
 
 
-@pytest.mark.parametrize("script", ["bench/realmodel.py", "bench/vs_trl.py"])
+@pytest.mark.parametrize("script", ["bench/realmodel.py", "bench/vs_trl.py", "bench/shared_prompt.py"])
 def test_bench_script_help(script):
     r = subprocess.run([sys.executable, script, "--help"], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and "usage:" in r.stdout, r.stderr

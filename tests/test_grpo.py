@@ -8,8 +8,9 @@ import pytest
 import torch
 
 import grpo
-from grpo import (aggregate, global_normalizer, group_advantages, kl_penalty, masked_mean,
-                  policy_loss, token_entropy, token_logprobs)
+import logprobs
+from grpo import aggregate, global_normalizer, group_advantages, kl_penalty, masked_mean, policy_loss
+from logprobs import token_entropy, token_logprobs
 
 EPS = 1e-6
 
@@ -492,9 +493,9 @@ def test_skipping_zero_advantage_samples_gives_the_same_update(rollouts, mini_ba
 def _logprobs_and_grads(model, samples, shared, temperature=0.9):
     import copy
     m = copy.deepcopy(model).train()
-    batch, R = (grpo.collate_shared if shared else grpo.collate)([s.prompt for s in samples],
+    batch, R = (logprobs.collate_shared if shared else logprobs.collate)([s.prompt for s in samples],
                                                                  [s.response for s in samples], 0, torch.device("cpu"))
-    logp, ent = grpo.response_logprobs(m, batch, R, temperature, want_entropy=True)
+    logp, ent = logprobs.response_logprobs(m, batch, R, temperature, want_entropy=True)
     w = torch.linspace(-1, 1, logp.numel()).view_as(logp)
     (logp * w * batch["mask"]).sum().backward()
     return logp.detach() * batch["mask"], ent * batch["mask"], {k: p.grad for k, p in m.named_parameters()}, batch["mask"]
@@ -512,9 +513,9 @@ def test_shared_prompts_give_the_naive_logprobs_entropy_and_gradient(rollouts):
     torch.testing.assert_close(shared[1], naive[1], atol=1e-5, rtol=1e-6)
     for k, g in naive[2].items():  # float rounding, relative to each parameter's gradient
         assert (shared[2][k] - g).norm() <= 1e-5 * g.norm() + 1e-9, k
-    batch, R = grpo.collate_shared([s.prompt for s in mixed], [s.response for s in mixed], 0, torch.device("cpu"))
+    batch, R = logprobs.collate_shared([s.prompt for s in mixed], [s.response for s in mixed], 0, torch.device("cpu"))
     assert batch["p_ids"].shape[0] == 5 and batch["rows"].tolist() == [0, 1, 0, 2, 2, 3, 1, 3, 4]  # 4 prompts, the filler its own
-    assert R == 10 and grpo.collate_shared([[1, 2]], [[3]], 0, torch.device("cpu"))[1] == 2  # two forwards always
+    assert R == 10 and logprobs.collate_shared([[1, 2]], [[3]], 0, torch.device("cpu"))[1] == 2  # two forwards always
 
 
 def test_shared_prompts_give_the_same_update_with_fewer_tokens(rollouts):
@@ -538,10 +539,10 @@ def test_shared_prompts_give_the_same_update_with_fewer_tokens(rollouts):
 def test_prompts_are_not_shared_where_the_cache_would_differ():
     import transformers
     import config
-    assert grpo.can_share_prompts(_tiny_qwen3())
+    assert logprobs.can_share_prompts(_tiny_qwen3())
     for flag, share in (("--grad-checkpointing", False), ("--no-grad-checkpointing", True)):  # HF: no cache under it
         assert config.update_settings(config.parse_config([flag]), 0).share_prompts is share
     gemma = transformers.Gemma3TextConfig(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, sliding_window=8,
                                           layer_types=["sliding_attention", "full_attention"])
-    assert not grpo.can_share_prompts(transformers.AutoModelForCausalLM.from_config(gemma))  # a window drops keys
+    assert not logprobs.can_share_prompts(transformers.AutoModelForCausalLM.from_config(gemma))  # a window drops keys
