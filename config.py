@@ -97,8 +97,8 @@ def build_parser():
     g.add_argument("--preset", default="auto", choices=["auto", "none"] + list(PRESETS),
                    help="a named run (the dicts at the top of config.py); auto: toy / toy-genrm on toy data, else none")
     g.add_argument("--task", default="rl", choices=["rl", "sft", "genrm"],
-                   help="rl: GRPO/FAPO on a policy; sft: cross-entropy only; genrm: GRPO on critique rows with the "
-                        "stepwise reward. With --model toy, rl and genrm start with an SFT cold start (the demo)")
+                   help="rl: GRPO/FAPO on a policy; sft: cross-entropy only; genrm: GRPO on critique rows (the GenRM's "
+                        "own reward). With --model toy, rl and genrm start with an SFT cold start (the demo)")
     g.add_argument("--model", default="toy", help="local HF model dir, or 'toy' for a tiny Qwen3 built from a config")
     g.add_argument("--data", default="toy", help="train rows (.jsonl/.json/.parquet, verl schema), 'toy' (the demo) "
                    "or 'arith' (word problems with an exact equation checker, arith.py)")
@@ -111,11 +111,6 @@ def build_parser():
     g.add_argument("--resume", action="store_true", help="continue from OUT's last checkpoint")
     g.add_argument("--overwrite", action="store_true", help="start afresh in an OUT that holds a previous run")
     g.add_argument("--seed", default=0, type=int, help="seeds model init, data order and every sampling generator")
-    g.add_argument("--context-len", default=0, type=int,
-                   help="override the model's max_position_embeddings (rope untouched); 0: keep")
-    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
-                   help="auto: bf16 compute on CUDA, fp32 on CPU")
-    g.add_argument("--debug", action="store_true", help="full tracebacks on every rank")
 
     g = ap.add_argument_group("rollouts")
     g.add_argument("--steps", default=200, type=int, help="RL steps")
@@ -127,67 +122,39 @@ def build_parser():
     g.add_argument("--top-k", default=0, type=int, help="0: off")
     g.add_argument("--max-prompt-len", default=2048, type=int, help="longer prompts are dropped and counted, never truncated")
     g.add_argument("--max-response-len", default=8192, type=int, help="new tokens per rollout")
-    g.add_argument("--max-tokens-in-flight", default=TOKENS_IN_FLIGHT, type=int,
-                   help="sampler memory cap: rows x (prompt + response) decoded at once, in waves; 0: none")
-    g.add_argument("--fast-sampler", default="auto", choices=["auto", "on", "off"],
-                   help="the sampler's static-cache decode loop; auto: on CUDA, the eager loop on CPU (where it is no faster)")
-    g.add_argument("--overlap-waves", default=4, type=int, help="with a GenRM endpoint: decode in this many waves, "
-                                                                "judging each finished wave while the next decodes (1: no overlap)")
 
     g = ap.add_argument_group("reward: the rule verifier, FAPO's penalty, the GenRM")
     g.add_argument("--genrm", default="oracle", help="'oracle' (the task's exact checker; toy data only), 'none', a "
                                                      "GenRM model dir, or an OpenAI-compatible endpoint http://HOST:PORT/v1")
-    g.add_argument("--genrm-model", default="", help="model name sent to the GenRM endpoint")
     g.add_argument("--fapo-lambda", default=1.0, type=float, help="flawed positives get 1 - lambda; 0 is the baseline "
                                                                   "(the GenRM still judges, so its flawed ratio is measured)")
     g.add_argument("--judge-prompt", default="official", choices=["official", "critic"],
-                   help="what the GenRM is shown. official: the recipe's policy-time prompt byte for byte (the whole "
-                        "response untagged, the raw question, the ground truth as stored), what the official run's "
-                        "GenRM judged; critic: the steps tagged <paragraph_i>, FAPO-Critic's training format (the "
-                        "toy presets: the toy GenRM is trained on it). The default is official, as for every "
-                        "real-data default here: the published GenRM judged that in the paper's runs")
+                   help="what the GenRM is shown: official (the recipe's prompt byte for byte, the whole response); "
+                        "critic (steps tagged <paragraph_i>, FAPO-Critic's training format). docs/departures.md")
     g.add_argument("--verdict-parse", default="official", choices=["official", "strict"],
-                   help="how a critique becomes a flag. official: int() of the last \\boxed{}, as the recipe reads "
-                        "it (any integer but -1 flags, 99 too; what int() refuses, '3.0', leaves it unflagged; "
-                        "never eval); strict: -1..n_steps-1 only, anything else unparseable (the toy presets). "
-                        "Either way the step log's parse_disagree counts the verdicts the other would change")
+                   help="official: int() of the last \\boxed{}, as the recipe reads it (never eval); strict: "
+                        "-1..n_steps-1 only, else unparseable. The step log's parse_disagree compares the two")
     g.add_argument("--genrm-temperature", default="unset", type=_or_unset(float),
-                   help="GenRM decoding temperature when judging (0 = greedy); unset: not sent to a served GenRM "
-                        "(its server's default, as officially), and in process what a server would use: the "
-                        "GenRM's generation_config, else 1.0. The printed config's genrm_sampling says which")
+                   help="GenRM decoding temperature (0: greedy); unset: a server's default, in process the GenRM's "
+                        "generation_config (the printed config's genrm_sampling says which)")
     g.add_argument("--genrm-top-p", default="unset", type=_or_unset(float), help="unset: as --genrm-temperature")
     g.add_argument("--genrm-top-k", default="unset", type=_or_unset(int), help="0: off; unset: as --genrm-temperature")
     g.add_argument("--genrm-max-tokens", default=16384, type=int, help="GenRM response budget when judging")
-    g.add_argument("--genrm-context-len", default=0, type=int, help="override the GenRM's max_position_embeddings; 0: keep")
-    g.add_argument("--genrm-concurrency", default=32, type=int, help="requests in flight to a GenRM endpoint, per rank")
-    g.add_argument("--genrm-timeout", default="derived", type=_or_derived(float), help="seconds per GenRM request "
-                   f"attempt; derived from the critique budget: max({GENRM_MIN_TIMEOUT:g}, --genrm-max-tokens / "
-                   f"{GENRM_TOKENS_PER_S:g} tokens/s) (16384 tokens: 328 s), shown in the printed config's `derived`")
-    g.add_argument("--genrm-wait", default=900.0, type=float, help="when every GenRM request of a step fails, ask "
-                   "again with backoff for up to this many seconds (a server restart) before stopping; 0: stop at once")
-    g.add_argument("--genrm-retries", default=2, type=int, help="retries per failed GenRM request (with backoff)")
     g.add_argument("--overlong-buffer", default=4096, type=int, help="DAPO overlong buffer (tokens); 0 = off")
     g.add_argument("--overlong-factor", default=1.0, type=float)
 
-    g = ap.add_argument_group("update: advantages, loss, batching")
+    g = ap.add_argument_group("update: advantages, loss")
     g.add_argument("--mini-batch-prompts", default=32, type=int, help="prompts per optimizer update (0: the whole step)")
-    g.add_argument("--micro-batch", default=64, type=int, help="rows per forward/backward, when --micro-batch-tokens is 0")
-    g.add_argument("--micro-batch-tokens", default=20480, type=int, help="padded tokens per forward/backward; 0: rows")
-    g.add_argument("--logprob-batch-tokens", default=30720, type=int, help="padded tokens per no-grad log-prob pass; 0: rows")
     g.add_argument("--clip-low", default=0.2, type=float)
     g.add_argument("--clip-high", default=0.28, type=float)
     g.add_argument("--clip-c", default=10.0, type=float, help="dual-clip constant for negative advantages (> 1)")
     g.add_argument("--loss-agg", default="token-mean", choices=list(grpo.AGG_MODES))
     g.add_argument("--norm-adv-by-std", default=1, type=int, choices=[0, 1], help="1: GRPO; 0: Dr. GRPO (s - mean)")
     g.add_argument("--dynamic-sampling", action="store_true", help="DAPO: drop groups whose rewards are all equal")
-    g.add_argument("--skip-zero-advantage", default=1, type=int, choices=[0, 1],
-                   help="1: no forward/backward for rollouts whose advantage is 0 (their gradient is exactly 0; "
-                        "grpo.trained_samples); 0: every rollout runs (the same update, slower)")
     g.add_argument("--kl-coef", default=0.0, type=float, help="KL-to-reference loss coefficient (0: no reference model)")
     g.add_argument("--kl-kind", default="k3", choices=["k1", "k2", "k3", "abs"])
     g.add_argument("--tis-cap", default=0.0, type=float, help="truncated importance weight min(pi_old / pi_sampler, C) "
                                                               "on the loss (verl's rollout correction; a departure); 0: off")
-    g.add_argument("--max-bad-steps", default=3, type=int, help="stop after this many consecutive non-finite steps")
 
     g = ap.add_argument_group("optimiser")
     g.add_argument("--lr", default=1e-6, type=float, help="RL learning rate")
@@ -195,36 +162,63 @@ def build_parser():
     g.add_argument("--weight-decay", default=0.1, type=float)
     g.add_argument("--betas", default=[0.9, 0.999], type=float, nargs=2)
     g.add_argument("--grad-clip", default=1.0, type=float)
-    g.add_argument("--grad-checkpointing", default=False, action=argparse.BooleanOptionalAction)
-    g.add_argument("--offload", default=False, action=argparse.BooleanOptionalAction,
-                   help="FSDP2 CPU offload of parameters, gradients and optimizer state (GPU runs)")
 
     g = ap.add_argument_group("SFT (the cold start, or --task sft)")
     g.add_argument("--sft-steps", default=1000, type=int, help="SFT steps")
     g.add_argument("--sft-batch", default=64, type=int, help="sequences per SFT step, all ranks together")
     g.add_argument("--sft-lr", default=1e-5, type=float)
     g.add_argument("--sft-warmup", default=50, type=int)
+
     toy.add_flags(ap)
     arith.add_flags(ap)
 
-    g = ap.add_argument_group("evaluation, logging, checkpoints")
+    g = ap.add_argument_group("evaluation and checkpoints")
     g.add_argument("--eval-every", default=10, type=int, help="RL steps between evaluations (0: only at start and end)")
-    g.add_argument("--start-eval", default=True, action=argparse.BooleanOptionalAction,
-                   help="evaluate before the first RL step (--no-start-eval: a bench that measured the shared start "
-                        "once, bench/realmodel.py)")
     g.add_argument("--eval-prompts", default=0, type=int, help="test prompts per evaluation (0: all)")
     g.add_argument("--eval-samples", default=4, type=int, help="samples per test prompt (avg@n, pass@k)")
     g.add_argument("--eval-repeats", default="", help="per-source samples, e.g. 'aime=32,gpqa=4' (data_source substring=n)")
     g.add_argument("--eval-temperature", default=1.0, type=float)
     g.add_argument("--eval-top-p", default=0.7, type=float)
     g.add_argument("--pass-k", default=2, type=int, help="k of the unbiased pass@k estimate (k <= samples of every source)")
+    g.add_argument("--save-every", default=50, type=int, help="steps between checkpoints (0: only at the end)")
+
+    g = ap.add_argument_group("advanced: memory and speed, the served GenRM's transport, logging (docs/recipes.md)")
+    g.add_argument("--context-len", default=0, type=int,
+                   help="override the model's max_position_embeddings (rope untouched); 0: keep")
+    g.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16"],
+                   help="auto: bf16 compute on CUDA, fp32 on CPU")
+    g.add_argument("--max-tokens-in-flight", default=TOKENS_IN_FLIGHT, type=int,
+                   help="sampler memory cap: rows x (prompt + response) decoded at once, in waves; 0: none")
+    g.add_argument("--fast-sampler", default="auto", choices=["auto", "on", "off"],
+                   help="the sampler's static-cache decode loop; auto: on CUDA, eager on CPU (docs/sampler.md)")
+    g.add_argument("--micro-batch", default=64, type=int, help="rows per forward/backward, when --micro-batch-tokens is 0")
+    g.add_argument("--micro-batch-tokens", default=20480, type=int, help="padded tokens per forward/backward; 0: rows")
+    g.add_argument("--logprob-batch-tokens", default=30720, type=int, help="padded tokens per no-grad log-prob pass; 0: rows")
+    g.add_argument("--skip-zero-advantage", default=1, type=int, choices=[0, 1],
+                   help="1: no forward/backward for rollouts whose advantage is 0 (their gradient is exactly 0)")
+    g.add_argument("--grad-checkpointing", default=False, action=argparse.BooleanOptionalAction)
+    g.add_argument("--offload", default=False, action=argparse.BooleanOptionalAction,
+                   help="FSDP2 CPU offload of parameters, gradients and optimizer state (GPU runs)")
+    g.add_argument("--overlap-waves", default=4, type=int, help="with a GenRM endpoint: decode in this many waves, "
+                                                                "judging each finished wave while the next decodes (1: no overlap)")
+    g.add_argument("--genrm-model", default="", help="model name sent to the GenRM endpoint")
+    g.add_argument("--genrm-context-len", default=0, type=int, help="override the GenRM's max_position_embeddings; 0: keep")
+    g.add_argument("--genrm-concurrency", default=32, type=int, help="requests in flight to a GenRM endpoint, per rank")
+    g.add_argument("--genrm-timeout", default="derived", type=_or_derived(float), help="seconds per GenRM request "
+                   f"attempt; derived: max({GENRM_MIN_TIMEOUT:g}, --genrm-max-tokens / {GENRM_TOKENS_PER_S:g} tokens/s)")
+    g.add_argument("--genrm-wait", default=900.0, type=float, help="when every GenRM request of a step fails, ask "
+                   "again with backoff for up to this many seconds (a server restart) before stopping; 0: stop at once")
+    g.add_argument("--genrm-retries", default=2, type=int, help="retries per failed GenRM request (with backoff)")
+    g.add_argument("--max-bad-steps", default=3, type=int, help="stop after this many consecutive non-finite steps")
+    g.add_argument("--start-eval", default=True, action=argparse.BooleanOptionalAction,
+                   help="evaluate before the first RL step")
     g.add_argument("--dump-every", default=0, type=int, help="RL steps between rollout dumps (OUT/dumps); evals always dump")
     g.add_argument("--dump-prompts", default=4, type=int, help="prompts per dump (rank 0's first ones), every rollout of each")
-    g.add_argument("--save-every", default=50, type=int, help="steps between checkpoints (0: only at the end)")
     g.add_argument("--export-every", default=0, type=int, help="steps between HF exports (PHASE/exports/step_N; PHASE/hf "
                                                                "is the newest); 0: only at the end of each phase")
     g.add_argument("--no-progress", action="store_true", help="no tqdm bar")
     g.add_argument("--wandb", default="", help="W&B project: mirror metrics.jsonl there (optional: pip install wandb)")
+    g.add_argument("--debug", action="store_true", help="full tracebacks on every rank")
     return ap
 
 

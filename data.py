@@ -1,10 +1,9 @@
-"""data.py -- rows in, prompts out, solutions split into steps (answers are checked by verifier.py).
+"""data.py -- rows in, prompts out (answers are checked by verifier.py; a solution's steps: fapo.split_steps).
 
 Everything the rest of the project knows about data lives here, with no model in sight:
 
     load_rows(path)                 verl-schema rows from .jsonl / .json / .parquet, validated
     (verifier.py                    the rule verifier: last_boxed, normalize_answer, verify, answer_issues)
-    split_steps(text)               a solution as a list of paragraphs (the GenRM's "steps")
     encode_prompt / encode_rows     prompt token ids through the chat template; over-long rows dropped
     critic_prompt / parse_critic_prompt   the GenRM's user message (FAPO-Critic's format) and its inverse
     official_prompt / parse_official_prompt   the official policy-time judge's message (whole response, untagged)
@@ -202,14 +201,6 @@ def problem_text(row: Row) -> str:
     users = [m["content"] for m in msgs if m["role"] == "user"]
     # load_rows guarantees a user message; a Row built by hand may lack one: fall back, never IndexError
     return users[-1] if users else (msgs[-1]["content"] if msgs else "")
-
-
-# ---- steps ----
-
-
-def split_steps(text: str) -> list[str]:
-    """Paragraphs split at blank lines (lines of only whitespace), stripped, empties dropped."""
-    return [p.strip() for p in re.split(r"\n[ \t\r\f\v]*\n", text) if p.strip()]
 
 
 # ---- the GenRM's prompt (FAPO-Critic's user message) ----

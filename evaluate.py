@@ -7,8 +7,9 @@
                                 metrics (ProcessBench F1, FlawedPositiveBench), the same as `python genrm.py`
 
 A room of its own because both the policy's and the GenRM's evaluation are the paper's numbers, not the RL
-step: the counts come from fapo.score_rollouts and the rates from fapo.rollout_metrics / processbench.rows_metrics,
-as during training; only the summing over ranks and sources lives here. `run` is train.Run.
+step: the rollouts are scored by the run's objective (train.PolicyObjective: R_rule, the eval judge, FAPO's reward)
+and the rates come from fapo.rollout_metrics / processbench.rows_metrics, as during training; only the summing over
+ranks and sources lives here. `run` is train.Run.
 """
 import torch.distributed as dist
 
@@ -19,7 +20,8 @@ from infra.runlog import dump_rollouts
 
 # ---- the policy ----
 
-COUNTS = ("n", "correct", "judged", "flagged", "unparseable", "judge_failed", "prompts", "passk", "tokens")
+SCORED = ("n", "correct", "judged", "flagged", "unparseable", "judge_failed")  # fapo.score_rollouts' counts
+COUNTS = SCORED + ("prompts", "passk", "tokens")
 
 
 def evaluate_policy(run, tag):
@@ -34,25 +36,28 @@ def evaluate_policy(run, tag):
     for n, group in sorted(by_n.items()):
         seed = cfg.seed + 7919 * world.rank + (0 if n == cfg.eval_samples else 104729 * n)
         comps = run.sample([run.test_ids[i] for i in group], n, seed, cfg.eval_temperature, cfg.eval_top_p)
-        texts = [run.tokenizer.decode(c.tokens, skip_special_tokens=True) for c in comps]
-        rows = [run.test[i] for i in group for _ in range(n)]
+        texts = run.decode(comps)
+        each = [i for i in group for _ in range(n)]
+        rows, problems = [run.test[i] for i in each], [run.test_problems[i] for i in each]
         whole = fapo.Scores([0.0] * len(rows), [False] * len(rows), [None] * len(rows), {}, [""] * len(rows))
         for source in sorted({r.data_source for r in rows}):  # scored per source: its counts are its own
             part = [k for k, r in enumerate(rows) if r.data_source == source]
             with genrm.ready(run.eval_judge) as judge:
-                s = run.reward([rows[k] for k in part], [texts[k] for k in part],
-                               [len(comps[k].tokens) for k in part], judge)
+                judging = run.objective.request([rows[k].ground_truth for k in part], [problems[k] for k in part],
+                                                [texts[k] for k in part], judge)
+                s = run.objective.score([rows[k] for k in part], [texts[k] for k in part],
+                                        [len(comps[k].tokens) for k in part], judging)
             for j, k in enumerate(part):
                 whole.rewards[k], whole.correct[k] = s.rewards[j], s.correct[j]
                 whole.first_error[k], whole.critiques[k] = s.first_error[j], s.critiques[j]
             c = per.setdefault(source, dict.fromkeys(COUNTS, 0.0))
-            for key in COUNTS[:6]:
+            for key in SCORED:
                 c[key] += s.counts[key]
             c["prompts"] += len(part) // n
             c["passk"] += sum(fapo.pass_at_k(n, sum(s.correct[j:j + n]), cfg.pass_k) for j in range(0, len(part), n))
             c["tokens"] += sum(len(comps[k].tokens) for k in part)
         if n == min(by_n):  # one dump per eval: the first prompts of the most common setting
-            run.dump("eval", step_of(tag), rows, texts, comps, whole, n, f"eval_{tag}")
+            run.dump("eval", step_of(tag), rows, problems, texts, comps, whole, n, f"eval_{tag}")
     return {"eval": tag, **pooled_rates(per, run, world)}
 
 
@@ -71,19 +76,19 @@ def pooled_rates(per, run, world):
     every = [None] * world.size
     dist.all_gather_object(every, sorted(per))
     sources = sorted({s for part in every for s in part})
-    flat = world.sum([float(per.get(s, {}).get(f, 0)) for s in sources for f in COUNTS])
-    tot = {s: dict(zip(COUNTS, flat[i * len(COUNTS):(i + 1) * len(COUNTS)])) for i, s in enumerate(sources)}
+    summed = world.sum_named({(s, f): per.get(s, {}).get(f, 0) for s in sources for f in COUNTS})
+    per_source = {s: {f: summed[s, f] for f in COUNTS} for s in sources}
 
     def rates(c, n_label):
         m = fapo.rollout_metrics(c)
         return {f"acc@{n_label}": m["acc"], "flawed_ratio": m["flawed_ratio"],
                 f"pass@{cfg.pass_k}": c["passk"] / max(c["prompts"], 1), "response_length": c["tokens"] / max(c["n"], 1),
                 "unparseable": m["unparseable"], "judge_failed": m["judge_failed"]}
-    pooled = {f: sum(t[f] for t in tot.values()) for f in COUNTS}
+    pooled = {f: sum(t[f] for t in per_source.values()) for f in COUNTS}
     out = {f"eval_{k}": v for k, v in rates(pooled, cfg.eval_samples).items()}
     if len(sources) > 1:
         for s in sources:
-            out.update({f"eval_{s}/{k}": v for k, v in rates(tot[s], samples_for(s, run.repeats, cfg.eval_samples)).items()})
+            out.update({f"eval_{s}/{k}": v for k, v in rates(per_source[s], samples_for(s, run.repeats, cfg.eval_samples)).items()})
     return out
 
 

@@ -40,7 +40,7 @@ from data import parse_critic_prompt
 from infra import fsdp
 from infra.genrm_client import ChatClient
 from processbench import official_metrics, report, rows_metrics
-from sampler import generate
+from sampler import eos_ids, generate
 
 # ---- judges: one interface, four kinds ----
 
@@ -48,7 +48,7 @@ from sampler import generate
 @dataclass
 class Verdict:
     """What a judge says about one solution."""
-    index: int | None        # first wrong step, -1 for clean; None: no usable verdict (never a flag)
+    first_error: int | None  # first wrong step, -1 for clean; None: no usable verdict (never a flag)
     text: str = ""           # the critique the GenRM wrote (the checker's own for an exact checker)
     error: str | None = None  # why no verdict was obtained at all (prompt too long, service down, ...)
 
@@ -329,9 +329,9 @@ class AuditedJudge(Judge):
         def audited():
             verdicts = pending.result()
             for v, t in zip(verdicts, truth):
-                flawed = t.index not in (None, -1)
+                flawed = t.first_error not in (None, -1)
                 self.counts["oracle_flagged"] += flawed
-                self.counts["agree"] += flawed == (v.index not in (None, -1))
+                self.counts["agree"] += flawed == (v.first_error not in (None, -1))
             return verdicts
         return Pending(audited, pending.done)
 
@@ -393,10 +393,8 @@ def make_judge(spec: str, *, checker=None, world=None, dtype=torch.float32, max_
     context = context_len or AutoConfig.from_pretrained(spec).max_position_embeddings
     model = fsdp.load_pretrained(spec, world, dtype, configure=lambda m: setattr(
         m.config, "max_position_embeddings", context)).eval().requires_grad_(False)
-    gen = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
-    eos = sorted({tok.eos_token_id} | set(gen if isinstance(gen, list) else [gen]) - {None})
     return ModelJudge(model, tok, max_new_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
-                      votes=votes, seed=seed, device=world.device, eos_ids=eos, context_len=context,
+                      votes=votes, seed=seed, device=world.device, eos_ids=eos_ids(tok, model), context_len=context,
                       max_tokens_in_flight=max_tokens_in_flight, prompt_format=prompt_format,
                       verdict_parse=verdict_parse)
 
@@ -414,7 +412,7 @@ def evaluate_rows(judge: Judge, rows: list[Row]) -> dict:
     m["avg_response_tokens"] = judge.response_tokens / max(len(rows) * judge.votes, 1)
     m["official"] = official_metrics([r.data_source for r in rows], [r.ground_truth for r in rows],
                                      [r.extra_info.get("final_answer_correct", True) for r in rows],
-                                     [v.index for v in verdicts])
+                                     [v.first_error for v in verdicts])
     return m
 
 
@@ -442,9 +440,7 @@ def main(argv=None):
                     "the smallest index")
     ap.add_argument("--max-new-tokens", type=int, default=None, help="overrides the setting's")
     ap.add_argument("--max-tokens-in-flight", type=int, default=16384, help="local model: memory cap, rows x (prompt "
-                    "+ new tokens) decoded at once (the KV cache and the prefill grow with it; the default kept a 41M "
-                    "model on the 100 sample critic rows at 1.04 GiB, uncapped 9.5 GiB at 64 new tokens; raise it on a GPU); "
-                    "0: all rows at once")
+                    "+ new tokens) decoded at once (docs/memory.md; raise it on a GPU); 0: all rows at once")
     ap.add_argument("--concurrency", type=int, default=32, help="with an endpoint: requests in flight")
     ap.add_argument("--timeout", type=float, default=60.0, help="with an endpoint: seconds per attempt")
     ap.add_argument("--limit", type=int, default=0, help="first N rows only (0: all)")

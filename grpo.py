@@ -91,10 +91,8 @@ def aggregate(loss_mat, mask, agg="token-mean", normalizer=None):
 
     normalizer=None divides by the local count (token count, non-empty row count, or T).
     Given a normalizer (from global_normalizer over ALL micro-batches of the optimizer step),
-    the loss is local_sum / normalizer, so the micro-batch losses SUM to the full-batch loss.
-    Deviation from older verl: it averaged each micro-batch with its own count and then rescaled
-    by 1/n_micro, which over-weights tokens of short micro-batches when token counts differ.
-    Under DDP (which averages gradients over ranks) multiply by world_size, as verl's dp_size does.
+    the loss is local_sum / normalizer, so the micro-batch losses SUM to the full-batch loss (older verl
+    averaged per micro-batch: docs/departures.md). Under data parallelism multiply by world_size.
     """
     mask = mask.to(loss_mat.dtype)
     if agg == "token-mean":
@@ -104,9 +102,7 @@ def aggregate(loss_mat, mask, agg="token-mean", normalizer=None):
     row_counts = mask.sum(-1)             # (B,)
     if agg == "seq-mean-token-sum-norm":
         # Dr. GRPO: mean over sequences of (token sum / L), L a constant (here the padded width T; in
-        # policy_update max_response_len). verl's agg_loss divides a micro-batch's sum by L only and gets
-        # the mean over sequences from averaging micro-batches and ranks: the same for equal-sized
-        # micro-batches up to the constant micro-batch size, which we do not let into the gradient.
+        # policy_update max_response_len); verl's version differs by a constant (docs/departures.md)
         den = (row_counts > 0).sum() * mask.shape[-1] if normalizer is None else normalizer
         return _safe_div(row_sums.sum(), den)
     if agg == "seq-mean-token-sum":
@@ -265,7 +261,7 @@ def _advantages(mb, R, device):
 
 def _sampler_gap(mb, old, mask, tis_cap):
     """The sampler/trainer gap of one micro-batch and the TIS weights. old (B, R): the trainer's pre-update log-probs;
-    mask (B, R): real tokens x weight. Returns sums (5,) [sum |gap|, tokens, sum k3, sequences, sum w], max |gap|, w."""
+    mask (B, R): real tokens x weight. Returns named sums (0-dim float64 tensors), the max |gap| and w (B, R)."""
     sampler, has = torch.zeros(old.shape), torch.zeros(len(mb), 1)  # (B, R), (B, 1) built on the host
     for i, s in enumerate(mb):
         if s.sampler_logp is not None:
@@ -275,17 +271,15 @@ def _sampler_gap(mb, old, mask, tis_cap):
     gmask = (mask > 0).float() * has.to(mask.device)                  # (B, R) real tokens with sampler log-probs
     diff = (old - sampler.to(old.device)) * gmask                     # (B, R) log(pi_train / pi_sampler)
     lr = diff.clamp(-20.0, 20.0)                                      # (B, R) keeps exp finite
-    # k3 = r - 1 - log r with r = pi_train / pi_sampler, on tokens the sampler drew: E_sampler[r] = 1, so its
-    # mean is KL(sampler || trainer) of the next-token distributions, and by the chain rule the sum over a
-    # response estimates the KL between the two distributions of whole responses. (With top-k / top-p the
-    # sampler's log-probs are of the untruncated distribution: this measures numerics, not the truncation.)
+    # k3 = r - 1 - log r, r = pi_train / pi_sampler on tokens the sampler drew: its sum over a response estimates
+    # KL(sampler || trainer) of whole responses (docs/departures.md)
     k3 = ((lr.exp() - lr - 1) * gmask).sum(-1)                        # (B,)
-    # Truncated importance sampling (verl's rollout correction; a departure from the FAPO paper): the tokens
-    # came from the sampler, not from pi_old, so each is weighted by w = min(pi_old / pi_sampler, cap),
-    # detached. Rows without sampler log-probs keep w = 1.
+    # TIS (verl's rollout correction, not in the paper): w = min(pi_old / pi_sampler, cap), detached; rows
+    # without sampler log-probs keep w = 1
     w = torch.where(gmask > 0, lr.exp().clamp(max=tis_cap), 1.0) if tis_cap > 0 else torch.ones_like(old)
-    sums = torch.stack([diff.abs().sum(), gmask.sum(), k3.sum(), (gmask.sum(-1) > 0).sum(), (w * gmask).sum()])
-    return sums.double(), diff.abs().max(), w
+    sums = {"gap_abs": diff.abs().sum(), "gap_tokens": gmask.sum(), "gap_k3": k3.sum(),
+            "gap_rows": (gmask.sum(-1) > 0).sum(), "tis_weight": (w * gmask).sum()}
+    return {k: v.double() for k, v in sums.items()}, diff.abs().max(), w
 
 
 def _normalizer(mini, cfg: UpdateSettings, world):
@@ -327,72 +321,89 @@ def store_old_logprobs(model, samples, cfg: UpdateSettings, world, share: bool):
             s.old_logp = row[: len(s.response)].cpu()
 
 
+# what policy_update sums over micro-batches and ranks (one all-reduce, by name); the four averaged ones are
+# means over the micro-batches that trained something (none: not logged, rather than a made-up 0)
+AVERAGED = ("clipfrac", "clipfrac_lower", "ppo_kl", "entropy")
+SUMMED = ("loss", "kl", "micro_batches", "trained", "rollouts", "gap_abs", "gap_tokens", "gap_k3", "gap_rows",
+          "tis_weight") + AVERAGED
+
+
 def policy_update(model, optimizer, samples, cfg: UpdateSettings, world, ref_model=None):
-    """One step of GRPO updates on this rank's samples. world: anything with .size, .device, .sum(list)
-    and .max(list) (all-reduces; fsdp.World). Every rank must call it (FSDP collectives). Returns
-    global stats (with gap_mean, gap_max, gap_kl when samples carry sampler_logp, and tis_weight when
-    tis_cap > 0); an update whose gradient norm is not finite is skipped and counted."""
-    stats = {"loss": 0.0, "clipfrac": 0.0, "clipfrac_lower": 0.0, "ppo_kl": 0.0, "entropy": 0.0, "kl": 0.0, "n_micro": 0}
+    """One step of GRPO updates on this rank's samples. world: anything with .size, .device, .sum_named(dict)
+    and .max(list) (fsdp.World). Every rank must call it (FSDP collectives). Returns global stats (with
+    gap_mean, gap_max, gap_kl when samples carry sampler_logp, and tis_weight when tis_cap > 0); an update
+    whose gradient norm is not finite is skipped and counted."""
     share = cfg.share_prompts and can_share_prompts(model)
+    with_kl = ref_model is not None
     if cfg.mini_batches > 1:  # several updates per step: the ratio needs the pre-update policy
-        store_old_logprobs(model, trained_samples(samples, cfg, ref_model is not None), cfg, world, share)
-    grad_norms, skipped = [], 0
-    gap_sums, gap_max = torch.zeros(5, dtype=torch.float64, device=world.device), torch.zeros((), device=world.device)
-    trained = 0  # real rollouts through the update
+        store_old_logprobs(model, trained_samples(samples, cfg, with_kl), cfg, world, share)
+    sums = dict.fromkeys(SUMMED, 0.0)  # the same names on every rank
+    sums["rollouts"] = sum(1 for s in samples if s.weight)
+    gap_max, grad_norms = 0.0, []
     for mini in chunks(samples, math.ceil(len(samples) / cfg.mini_batches)):
         normalizer = _normalizer(mini, cfg, world)  # every sample's tokens, trained or not
-        live = trained_samples(mini, cfg, ref_model is not None)
-        trained += sum(1 for s in live if s.weight)
+        live = trained_samples(mini, cfg, with_kl)
+        sums["trained"] += sum(1 for s in live if s.weight)
         for mb in micro_batches(live, cfg.micro_batch, cfg.micro_batch_tokens, world):
-            batch, R = batch_of(mb, cfg, world, share)
-            mask = batch["mask"] * torch.tensor([s.weight for s in mb], device=world.device)[:, None]  # (B, R)
-            logp, ent = response_logprobs(model, batch, R, cfg.temperature, want_entropy=True)   # (B, R)
-            old = logp.detach() if cfg.mini_batches == 1 else torch.nn.utils.rnn.pad_sequence(
-                [s.old_logp if s.old_logp is not None else torch.zeros(len(s.response)) for s in mb],
-                batch_first=True).to(world.device)[:, :R]
-            adv = _advantages(mb, R, world.device)  # (B,) or (B, R)
-            gap, gmax, w = _sampler_gap(mb, old, mask, cfg.tis_cap)  # (5,), (), (B, R)
-            gap_sums, gap_max = gap_sums + gap, torch.maximum(gap_max, gmax)
-            # TIS: w >= 0 factors out of max(-A rho, -A clip(rho)) and of the dual clip's min(., -A c), so scaling
-            # A by w scales each token's loss (and gradient) by w and leaves which tokens are clipped unchanged.
-            if cfg.tis_cap > 0:
-                adv = (adv[:, None] if adv.dim() == 1 else adv) * w  # (B, R)
-            loss, st = policy_loss(logp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.clip_c, cfg.loss_agg,
-                                   normalizer)
-            if ref_model is not None:
-                with torch.no_grad():
-                    ref, _ = response_logprobs(ref_model, batch, R, cfg.temperature)
-                kl = aggregate(kl_penalty(logp, ref, cfg.kl_kind), mask, cfg.loss_agg, normalizer)
-                loss = loss + cfg.kl_coef * kl
-                stats["kl"] += kl.item()
+            loss, stats, mb_gap_max = micro_batch_loss(model, mb, normalizer, cfg, world, share, ref_model)
             # FSDP averages gradients over ranks; the normaliser is already global, so undo the average
             (loss * world.size).backward()
-            stats["loss"] += loss.item()
-            if any(s.weight for s in mb):  # a filler (weight 0) trains no token: it must not dilute the averages
-                for k in ("clipfrac", "clipfrac_lower", "ppo_kl"):
-                    stats[k] += st[k]
-                stats["entropy"] += masked_mean(ent, mask).item()
-                stats["n_micro"] += 1
-        norm = optimizer_step(model, optimizer, cfg.grad_clip)
-        grad_norms.append(norm)
-        skipped += not math.isfinite(norm)
-    # loss and kl are sums of globally normalised parts: add them over ranks; the rest are averages over the
-    # micro-batches that trained something (none: not logged, rather than a made-up 0)
-    keys = ["clipfrac", "clipfrac_lower", "ppo_kl", "entropy"]
-    real = sum(1 for s in samples if s.weight)
-    tot = world.sum([stats["loss"], stats["kl"], stats["n_micro"], real, trained] + [stats[k] for k in keys]
-                    + gap_sums.tolist())
-    n = tot[2]
-    out = {"loss": tot[0] / cfg.mini_batches, "kl": tot[1] / cfg.mini_batches,
-           **({k: v / n for k, v in zip(keys, tot[5:-5])} if n else {}),
-           "trained_share": tot[4] / max(tot[3], 1),  # rollouts through the update / all (trained_samples)
-           "grad_norm": sum(grad_norms) / len(grad_norms), "skipped_updates": skipped}
-    gap_sum, tokens, k3_sum, seqs, w_sum = tot[-5:]
-    gap_max = world.max([gap_max.item()])[0]  # every rank calls it: ranks may differ in which samples carry log-probs
-    if tokens > 0:  # logged only when the sampler's log-probs were given
-        out.update(gap_mean=gap_sum / tokens, gap_max=gap_max, gap_kl=k3_sum / seqs,
-                   **({"tis_weight": w_sum / tokens} if cfg.tis_cap > 0 else {}))
+            for k, v in stats.items():
+                sums[k] = sums[k] + v
+            gap_max = max(gap_max, mb_gap_max)
+        grad_norms.append(optimizer_step(model, optimizer, cfg.grad_clip))
+    return update_stats(world.sum_named(sums), world.max([gap_max])[0], grad_norms, cfg)
+
+
+def micro_batch_loss(model, mb, normalizer, cfg: UpdateSettings, world, share, ref_model=None):
+    """One micro-batch's loss (its share of the global token-mean) and its named stats, summed by the caller."""
+    batch, R = batch_of(mb, cfg, world, share)
+    mask = batch["mask"] * torch.tensor([s.weight for s in mb], device=world.device)[:, None]  # (B, R)
+    logp, ent = response_logprobs(model, batch, R, cfg.temperature, want_entropy=True)   # (B, R)
+    old = logp.detach() if cfg.mini_batches == 1 else torch.nn.utils.rnn.pad_sequence(
+        [s.old_logp if s.old_logp is not None else torch.zeros(len(s.response)) for s in mb],
+        batch_first=True).to(world.device)[:, :R]
+    adv = _advantages(mb, R, world.device)  # (B,) or (B, R)
+    gap, gap_max, tis_w = _sampler_gap(mb, old, mask, cfg.tis_cap)  # named sums, (), (B, R)
+    # TIS: tis_w >= 0 factors out of max(-A rho, -A clip(rho)) and of the dual clip's min(., -A c), so scaling
+    # A by tis_w scales each token's loss (and gradient) by it and leaves which tokens are clipped unchanged.
+    if cfg.tis_cap > 0:
+        adv = (adv[:, None] if adv.dim() == 1 else adv) * tis_w  # (B, R)
+    loss, clip_stats = policy_loss(logp, old, adv, mask, cfg.clip_low, cfg.clip_high, cfg.clip_c, cfg.loss_agg,
+                                   normalizer)
+    stats = dict(gap)
+    if ref_model is not None:
+        with torch.no_grad():
+            ref, _ = response_logprobs(ref_model, batch, R, cfg.temperature)
+        kl = aggregate(kl_penalty(logp, ref, cfg.kl_kind), mask, cfg.loss_agg, normalizer)
+        loss = loss + cfg.kl_coef * kl
+        stats["kl"] = kl.item()
+    stats["loss"] = loss.item()
+    if any(s.weight for s in mb):  # a filler (weight 0) trains no token: it must not dilute the averages
+        stats.update({k: clip_stats[k] for k in ("clipfrac", "clipfrac_lower", "ppo_kl")}, entropy=masked_mean(ent, mask).item(), micro_batches=1)
+    return loss, stats, gap_max.item()
+
+
+def update_stats(summed, gap_max, grad_norms, cfg: UpdateSettings):
+    """The step's update stats from the summed ones: loss and kl are sums of globally normalised parts (per
+    optimizer update); the AVERAGED ones are means over trained micro-batches; the gap is logged only when the
+    sampler's log-probs were given."""
+    n = summed["micro_batches"]
+    out = {"loss": summed["loss"] / cfg.mini_batches, "kl": summed["kl"] / cfg.mini_batches,
+           **({k: summed[k] / n for k in AVERAGED} if n else {}),
+           "trained_share": summed["trained"] / max(summed["rollouts"], 1),  # rollouts through the update / all
+           "grad_norm": sum(grad_norms) / len(grad_norms),
+           "skipped_updates": sum(not math.isfinite(g) for g in grad_norms)}
+    if summed["gap_tokens"] > 0:
+        out.update(gap_mean=summed["gap_abs"] / summed["gap_tokens"], gap_max=gap_max, gap_kl=summed["gap_k3"] / summed["gap_rows"],
+                   **({"tis_weight": summed["tis_weight"] / summed["gap_tokens"]} if cfg.tis_cap > 0 else {}))
     return out
+
+
+def make_optimizer(model, lr, warmup, betas, weight_decay):
+    """AdamW and a linear warm-up over `warmup` steps (a departure from verl: step 1 is at lr / warmup, not 0)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=tuple(betas), weight_decay=weight_decay)
+    return opt, torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / max(1, warmup)))
 
 
 def optimizer_step(model, optimizer, grad_clip):

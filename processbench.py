@@ -146,9 +146,9 @@ def rows_metrics(rows: list[Row], verdicts) -> dict:
     unparseable (an answer without a usable \\boxed{}) and judge_failed (no answer at all), counted apart.
     verdicts: genrm.Verdict (index, error) per row."""
     fc = [r.extra_info.get("final_answer_correct", True) for r in rows]
-    m = critic_metrics([v.index for v in verdicts], [r.ground_truth for r in rows], final_correct=fc,
+    m = critic_metrics([v.first_error for v in verdicts], [r.ground_truth for r in rows], final_correct=fc,
                        subsets=[pb_subset(r.data_source) for r in rows])
-    m["unparseable"] = sum(v.index is None and not v.error for v in verdicts) / max(len(rows), 1)
+    m["unparseable"] = sum(v.first_error is None and not v.error for v in verdicts) / max(len(rows), 1)
     m["judge_failed"] = sum(bool(v.error) for v in verdicts) / max(len(rows), 1)
     return m
 

@@ -45,7 +45,7 @@ from transformers import DynamicCache
 from infra import fastdecode
 
 # the default memory cap of a decode (train.py and genrm.py --max-tokens-in-flight): rows x (prompt + new tokens)
-# at once; it kept a 41M GenRM on the 100 sample critic rows at 1.04 GiB, uncapped 9.5 GiB (docs/memory.md)
+# at once, so the KV cache of a long batch never grows unbounded (figures: docs/memory.md)
 TOKENS_IN_FLIGHT = 16384
 
 
@@ -136,6 +136,12 @@ def left_pad(prompts: list[list[int]], pad_token_id: int, device) -> tuple[torch
         ids[row, width - len(p):] = torch.tensor(p, dtype=torch.long)
         mask[row, width - len(p):] = 1
     return ids.to(device), mask.to(device)  # (U, L), (U, L)
+
+
+def eos_ids(tokenizer, model) -> list[int]:
+    """Every id that ends a rollout: the tokenizer's EOS and the model's generation_config EOS ids."""
+    gen = getattr(model.generation_config, "eos_token_id", None) if model.generation_config else None
+    return sorted({tokenizer.eos_token_id} | set(gen if isinstance(gen, list) else [gen]) - {None})
 
 
 def plan_waves(lengths: list[int], n: int, max_new_tokens: int, max_tokens_in_flight) -> list[list[int]]:
@@ -323,7 +329,8 @@ def generate(model, prompts: list[list[int]], max_new_tokens: int, temperature: 
 
     d = Decode(n, max_new_tokens, temperature, top_k, top_p, eos_ids, pad_token_id, context_len, generator,
                check_every)
-    state = fastdecode.fast_state(model, fast, device)
+    eager = fast is False or (fast is None and device.type != "cuda")  # the default: fast on CUDA only
+    state = None if eager else fastdecode.fast_state(model, fast, device)
     results = []
     with fastdecode.decode_attention(model) if state is not None else contextlib.nullcontext():
         for part in plan_waves([len(p) for p in prompts], n, max_new_tokens, max_tokens_in_flight):

@@ -3,8 +3,8 @@
 Thousands of distinct toy critique requests go through genrm.ServedJudge to bench/genrm_server.py in
 random-chaos mode (seeded: exponential delays, so answers complete out of order; dropped connections,
 503s, 429s, malformed bodies, answers without a box), and the server is killed and served again on the
-same port while they run. Then the failed ones are asked again (fapo.Judging.ask_again, what train.py's
-await_verdicts does in an outage) until every rollout has a verdict. Checked:
+same port while they run. Then the failed ones are asked again (fapo.Judging.ask_again, what
+fapo.wait_for_verdicts does in an outage) until every rollout has a verdict. Checked:
 
     mis-assigned    every answer starts with a hash of its own request (the server's sign=True) and its index
                     is the exact checker's for its own row; any other answer is mis-assigned (must be 0)
@@ -84,7 +84,7 @@ def run_chaos(requests=5000, seed=0, concurrency=64, calls=10, delay_mean=0.01, 
             sent = fapo.Judging([True] * len(part), list(range(len(part))), [steps[i] for i in part],
                                 [judge.submit([problems[i] for i in part], [truths[i] for i in part],
                                               [steps[i] for i in part])],
-                                [(problems[i], truths[i], None) for i in part])
+                                [(problems[i], truths[i], None) for i in part], judge)
             parts.append(sent)
         judging = parts[0]
         for p in parts[1:]:
@@ -96,8 +96,8 @@ def run_chaos(requests=5000, seed=0, concurrency=64, calls=10, delay_mean=0.01, 
         outage.pop("cancel")
         failures = dict(judge.failures)
         answered = sum(v.error is None for v in first)
-        figures = {"requests": requests, "verdicts": sum(v.index is not None for v in first),
-                   "unparseable": sum(v.index is None and v.error is None for v in first),
+        figures = {"requests": requests, "verdicts": sum(v.first_error is not None for v in first),
+                   "unparseable": sum(v.first_error is None and v.error is None for v in first),
                    "failures": failures, "failed": sum(failures.values()), "retried_attempts": judge.retried,
                    "attempts_arrived_at_server": server.requests, "server_outcomes": dict(server.outcomes),
                    "garbage_received": sum(v.error is None and v.text.endswith(GARBAGE) for v in first),
@@ -109,14 +109,14 @@ def run_chaos(requests=5000, seed=0, concurrency=64, calls=10, delay_mean=0.01, 
         rounds = 0
         while (failed := judging.failed()) and rounds < max_rounds:
             rounds += 1
-            judging = judging.ask_again(judge, failed)
+            judging = judging.ask_again(failed)
         final = judging.verdicts()
         wrong = 0
         for k, v in enumerate(final):
             if v.error:
                 continue
             own = v.text.startswith(tags[k] + "\n")
-            wrong += not own or (v.index is not None and v.index != want[k]) or (v.index is None and
+            wrong += not own or (v.first_error is not None and v.first_error != want[k]) or (v.first_error is None and
                                                                                     not v.text.endswith(GARBAGE))
         figures.update({"reask_rounds": rounds, "still_failed": sum(bool(v.error) for v in final),
                         "mis_assigned": wrong, "checked": sum(v.error is None for v in final),

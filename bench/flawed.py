@@ -4,7 +4,7 @@
     python bench/flawed.py out/rl/dumps/eval_step100.jsonl                       # every evaluation dumps
 
 A flawed positive is a rollout whose final answer is right (`correct`) but whose reasoning the GenRM flagged
-(`genrm_index` is a step index, not null = not judged, not -1 = no error): what FAPO penalises, and what the
+(`first_error` is a step index, not null = not judged, not -1 = no error): what FAPO penalises, and what the
 paper's case studies show. Each is printed as a header (phase, step, reward, length, source, answer), the
 prompt, then the response (its paragraphs numbered from 0 as the GenRM saw them, >> on the flagged one) and
 the critique in two columns wrapped to the terminal's width, or one after the other when the terminal is
@@ -12,7 +12,7 @@ narrower than --min-split columns.
 
 The dump (train.py writes OUT/dumps/rl_stepN.jsonl and OUT/dumps/eval_TAG.jsonl, one JSON object per
 rollout) has: phase, step, prompt, response, reward, correct,
-genrm_index, critique, length, finish_reason, data_source, ground_truth.
+first_error, critique, length, finish_reason, data_source, ground_truth.
 """
 import argparse
 import itertools
@@ -23,7 +23,7 @@ import sys
 import textwrap
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data import split_steps  # noqa: E402  the GenRM's paragraphs, so its index can be pointed at
+from fapo import split_steps  # noqa: E402  the GenRM's paragraphs, so its index can be pointed at
 
 
 # ---- reading ----
@@ -34,7 +34,7 @@ def load(path):
 
 
 def is_flawed_positive(r):
-    return bool(r.get("correct")) and r.get("genrm_index") not in (None, -1)
+    return bool(r.get("correct")) and r.get("first_error") not in (None, -1)
 
 
 # ---- layout ----
@@ -64,10 +64,10 @@ def show(r, width, min_split=100):
     """The lines that present one rollout."""
     head = (f"== {r.get('phase', '?')} step {r.get('step', '?')}, reward {r.get('reward', float('nan')):g}, "
             f"{r.get('length', '?')} tokens ({r.get('finish_reason', '?')}), {r.get('data_source', '')}, "
-            f"answer {r.get('ground_truth', '?')}; GenRM: first error in paragraph {r.get('genrm_index')} ==")
+            f"answer {r.get('ground_truth', '?')}; GenRM: first error in paragraph {r.get('first_error')} ==")
     lines = wrap(head, width)
     lines += ["prompt:"] + ["  " + x for x in wrap(r.get("prompt", ""), width - 2)] + [""]
-    response, critique = numbered(r.get("response", ""), r.get("genrm_index")), r.get("critique") or "(no text)"
+    response, critique = numbered(r.get("response", ""), r.get("first_error")), r.get("critique") or "(no text)"
     if width >= min_split:
         lines += columns(response, critique, width)
     else:  # too narrow for two readable columns

@@ -45,6 +45,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the repo's flat modules
 
 import data  # noqa: E402
+import fapo  # noqa: E402
 import toy  # noqa: E402
 from data import encode_prompt  # noqa: E402
 
@@ -103,7 +104,7 @@ def _read_prompt(text: str) -> tuple[str, str, list[str]]:
         return data.parse_critic_prompt(text)
     except ValueError:
         problem, truth, response = data.parse_official_prompt(text)
-        return problem, truth, data.split_steps(response)
+        return problem, truth, fapo.split_steps(response)
 
 
 class ModelAnswers:

@@ -226,7 +226,7 @@ def main():
              "--out", os.path.join(args.work, "run")] + extra
     cfg = config.parse_config(flags)
     run = train.setup(cfg)
-    run.optimizer, run.scheduler = train.make_optimizer(run.model, cfg.lr, cfg.warmup, cfg)
+    run.optimizer, run.scheduler = grpo.make_optimizer(run.model, cfg.lr, cfg.warmup, cfg.betas, cfg.weight_decay)
     settings = getattr(config, "update_settings", None) or train.update_settings  # moved between the two
     run.settings = settings(cfg, run.pad_id, "rl")
     clocks = Clocks(args.judge_share)

@@ -9,7 +9,7 @@ CPU: the resident set from /proc/self/status. VmHWM is a high-water mark, so it 
 memory the phase adds. GPU: torch.cuda.max_memory_allocated, reset per phase, the same way.
 The update is one policy_update on synthetic samples (--rows per rank of --prompt-len + --response-len tokens,
 --micro-batch-tokens per forward/backward) with AdamW: it includes creating the Adam state (2x the local
-shards), which later steps reuse. Runs against any revision with train.load_model and checkpoint.Checkpointer.
+shards), which later steps reuse. Runs against any revision with infra.build.load_model and checkpoint.Checkpointer.
 On CPU, run it with MALLOC_MMAP_THRESHOLD_=1048576 when comparing several micro-batches: glibc's dynamic
 mmap threshold lets freed activation blocks fragment the heap (3 x 2k-token micro-batches: 8.07 GiB per
 rank without it, 6.18 with it; docs/memory.md).
@@ -91,8 +91,7 @@ def measure(name, fn, world, out):
 def worker(args):
     import grpo
     import toy
-    import train
-    from infra import checkpoint, fsdp
+    from infra import build, checkpoint, fsdp
     torch.set_num_threads(1)
     world = fsdp.World()
     tok = toy.tokenizer()
@@ -100,7 +99,7 @@ def worker(args):
                           seed=0)
     dtype = torch.bfloat16 if world.device.type == "cuda" else torch.float32
     rows, st = [], {}
-    measure("setup", lambda: st.update(model=train.load_model(cfg, world, dtype, tok)), world, rows)
+    measure("setup", lambda: st.update(model=build.load_model(cfg, world, dtype, tok)), world, rows)
     model = st["model"]
     n_params = sum(p.numel() for p in model.parameters())
     opt = torch.optim.AdamW(model.parameters(), lr=1e-6, weight_decay=0.1)

@@ -64,7 +64,9 @@ def fapo_rewards(texts, ground_truths, problems):
     import arith
     import fapo
     import genrm
-    return fapo.score_rollouts(texts, ground_truths, problems, genrm.CheckerJudge(arith.check), lam=1.0).rewards
+    correct = fapo.verify_rollouts(texts, ground_truths)
+    judging = fapo.request_verdicts(correct, texts, ground_truths, problems, genrm.CheckerJudge(arith.check))
+    return fapo.score_rollouts(judging, lam=1.0).rewards
 
 
 def trl_trainer(model, tok, train_rows, out_dir, grad_accum, max_steps):

@@ -235,9 +235,8 @@ def is_fsdp(model) -> bool:
 
 
 def fast_state(model, fast, device) -> FastState | None:
-    """The fast loop's state for this model, or None for the eager loop (see the module docstring)."""
-    if fast is False or (fast is None and device.type != "cuda"):
-        return None
+    """The fast loop's state for this model (fast: True, None on CUDA, "static" or "compile"; sampler.generate
+    chose the fast loop), or None for the eager loop when the model's cache cannot be static."""
     if not static_cache_supported(model):
         warnings.warn(f"sampler: {type(model).__name__} has no plain static cache; using the eager decode loop")
         return None

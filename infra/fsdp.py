@@ -56,6 +56,12 @@ class World:
     def max(self, values):
         return self.sum(values, dist.ReduceOp.MAX)
 
+    def sum_named(self, sums: dict) -> dict:
+        """All-reduce named sums in one collective: statistics by name, never by position. Every rank passes
+        the same names."""
+        names = sorted(sums)
+        return dict(zip(names, self.sum([float(sums[k]) for k in names])))
+
     def say(self, msg):
         if self.main:
             print(msg, flush=True)

@@ -153,3 +153,12 @@ def two_ranks(tmp_path_factory, family_dirs):
                                   text=True, timeout=900)
             result.write_text(json.dumps([proc.returncode, proc.stdout, proc.stderr]))
     return TwoRanks(str(out), *json.loads(result.read_text()))
+
+
+def score(responses, ground_truths, problems, genrm=None, lam=1.0, lengths=None, max_len=None, overlong_buffer=0,
+          overlong_factor=1.0):
+    """A batch scored as the RL step scores it: R_rule, the judge asked about the correct ones, the rewards."""
+    import fapo
+    judging = fapo.request_verdicts(fapo.verify_rollouts(responses, ground_truths), responses, ground_truths, problems,
+                                    genrm)
+    return fapo.score_rollouts(judging, lam, lengths, max_len, overlong_buffer, overlong_factor)

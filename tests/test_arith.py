@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+from conftest import score
+
 import arith
 import config
 import data
@@ -14,11 +16,11 @@ import verifier
 import fapo
 import genrm
 import train
-from infra import fsdp
+from infra import build, fsdp
 
 
 def first(text):
-    return arith.check("", "", data.split_steps(text))[0]
+    return arith.check("", "", fapo.split_steps(text))[0]
 
 
 # ---- the generator ----
@@ -66,7 +68,7 @@ def test_levels_keep_their_bounds(level):
 def test_sft_examples_are_worked_solutions():
     rng = random.Random(1)
     prompt, target = arith.ArithTask("policy", 0).sft_example(rng)
-    assert prompt[0]["role"] == "user" and target.endswith("}.") and arith.check("", "", data.split_steps(target))[0] == -1
+    assert prompt[0]["role"] == "user" and target.endswith("}.") and arith.check("", "", fapo.split_steps(target))[0] == -1
     flawed = [arith.sft_example(rng, flawed_share=1.0)[1] for _ in range(20)]
     assert all(first(t) >= 0 for t in flawed)  # every slipped trace is caught ...
     with pytest.raises(ValueError, match="no critique rows"):
@@ -103,7 +105,7 @@ def test_sft_examples_are_worked_solutions():
     ("12 - 7 = 5 so 5 + 2 = 8", 0),
 ])
 def test_checker_on_tricky_texts(text, want):
-    got, critique = arith.check("a problem", "42", data.split_steps(text))
+    got, critique = arith.check("a problem", "42", fapo.split_steps(text))
     assert got == want, (text, critique)
     assert critique.endswith(f"\\boxed{{{want}}}")
 
@@ -130,7 +132,7 @@ def test_a_right_answer_after_a_false_equation_is_a_flawed_positive():
     responses = ["17 + 25 = 32\n\nso the total is \\boxed{42}",     # flawed positive
                  "17 + 25 = 42\n\nso the total is \\boxed{42}",     # clean
                  "17 + 25 = 32\n\nso the total is \\boxed{32}"]     # wrong: not judged
-    s = fapo.score_rollouts(responses, ["42"] * 3, ["What is 17 + 25?"] * 3, genrm=genrm.CheckerJudge(arith.check),
+    s = score(responses, ["42"] * 3, ["What is 17 + 25?"] * 3, genrm=genrm.CheckerJudge(arith.check),
                             lam=1.0)
     assert s.correct == [True, True, False] and s.first_error == [0, -1, None]
     assert s.rewards == [0.0, 1.0, -1.0] and s.flagged == [True, False, None] and s.counts["flagged"] == 1
@@ -160,7 +162,7 @@ def test_toy_model_runs_one_rl_step_on_arith(tmp_path, capsys):
 
 def test_cli_accepts_data_arith():
     cfg = config.parse_config(["--data", "arith", "--steps", "1"])
-    assert isinstance(train.make_task(cfg), arith.ArithTask) and cfg.genrm == "oracle"
+    assert isinstance(build.make_task(cfg), arith.ArithTask) and cfg.genrm == "oracle"
 
 
 def test_the_split_does_not_follow_the_run_seed():
@@ -168,7 +170,7 @@ def test_the_split_does_not_follow_the_run_seed():
     problems (bench/realmodel.py compares seeds and arms on them)."""
     import config
     import train
-    tasks = [train.make_task(config.parse_config(["--data", "arith", "--seed", str(s), "--eval-prompts", "50"]))
+    tasks = [build.make_task(config.parse_config(["--data", "arith", "--seed", str(s), "--eval-prompts", "50"]))
              for s in (0, 7)]
     rows = [t.rows() for t in tasks]
     assert [r.prompt for r in rows[0][1]] == [r.prompt for r in rows[1][1]]

@@ -27,7 +27,7 @@ def write_jsonl(path, rows):
 
 def rollout(**kw):
     base = dict(phase="rl", step=7, prompt="What is 2 + 3 * 4?", response="3 * 4 = 12\n\n2 + 12 = 14\n\n\\boxed{14}",
-                reward=1.0, correct=True, genrm_index=-1, critique="All paragraphs are right. \\boxed{-1}", length=20,
+                reward=1.0, correct=True, first_error=-1, critique="All paragraphs are right. \\boxed{-1}", length=20,
                 finish_reason="stop", data_source="toy", ground_truth="14")
     return {**base, **kw}
 
@@ -35,12 +35,12 @@ def rollout(**kw):
 @pytest.fixture
 def dump(tmp_path):
     long_critique = " ".join(["Paragraph 1 adds 2 + 12 and writes 15, which is wrong;"] * 4) + " \\boxed{1}"
-    rows = [rollout(response="3 * 4 = 12\n\n2 + 12 = 15\n\nso \\boxed{14}", reward=0.0, genrm_index=1,
+    rows = [rollout(response="3 * 4 = 12\n\n2 + 12 = 15\n\nso \\boxed{14}", reward=0.0, first_error=1,
                     critique=long_critique),                                                    # flawed positive
             rollout(response="CLEAN-RESPONSE", critique="CLEAN-CRITIQUE"),                     # clean positive
-            rollout(response="WRONG-RESPONSE", correct=False, genrm_index=None, critique=""),   # negative
-            rollout(response="UNJUDGED-RESPONSE", genrm_index=None, critique=""),              # judge failed
-            rollout(phase="eval", response="SECOND-FLAWED", genrm_index=0, critique="SECOND-CRITIQUE")]
+            rollout(response="WRONG-RESPONSE", correct=False, first_error=None, critique=""),   # negative
+            rollout(response="UNJUDGED-RESPONSE", first_error=None, critique=""),              # judge failed
+            rollout(phase="eval", response="SECOND-FLAWED", first_error=0, critique="SECOND-CRITIQUE")]
     return write_jsonl(tmp_path / "rollouts.jsonl", rows)
 
 
@@ -156,7 +156,7 @@ def _eval_dump(path, correct, flawed, problems=8, samples=2):
     for k in range(problems * samples):
         right = k < correct
         rows.append({"prompt": f"problem {k % problems}", "correct": right,
-                     "genrm_index": (1 if k < flawed else -1) if right else None})
+                     "first_error": (1 if k < flawed else -1) if right else None})
     _write(path, rows)
 
 

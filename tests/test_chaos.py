@@ -11,6 +11,7 @@ import genrm
 import grpo
 import toy
 import train
+from infra import build
 from bench.chaos import run_chaos
 from bench.genrm_server import GenRMServer
 from test_train import TINY, read_jsonl
@@ -54,17 +55,16 @@ def test_unjudged_groups_are_held_out_of_the_update(tmp_path, monkeypatch):
     rarely right); a third of those get no verdict. Their groups are absent from the samples the update
     sees (on one rank; with peers, zero-weight fillers: the next test), whatever their reward."""
     monkeypatch.setattr(fapo, "verify", lambda response, gt: (len(response) % 2 == 0, ""))
-    monkeypatch.setattr(train, "make_judges", lambda cfg, world, task, dtype: (FailingJudge(), None))
+    monkeypatch.setattr(build, "make_judges", lambda cfg, world, task, dtype: (FailingJudge(), None))
     seen = {"comps": [], "scores": [], "samples": []}
-    rollouts, reward, update, step_fn = train.rollouts, train.Run.reward, grpo.policy_update, train.rl_step
+    sample, score, update, step_fn = train.Run.sample, train.PolicyObjective.score, grpo.policy_update, train.rl_step
 
-    def rollouts_spy(*a, **k):
-        out = rollouts(*a, **k)
-        seen["comps"].append(out[0])
-        return out
+    def sample_spy(self, *a, **k):  # the RL step's only (no eval: --test-data none)
+        seen["comps"].append(sample(self, *a, **k))
+        return seen["comps"][-1]
 
-    def reward_spy(self, *a, **k):  # the RL step's only (no eval: no eval judge)
-        seen["scores"].append(reward(self, *a, **k))
+    def score_spy(self, *a, **k):
+        seen["scores"].append(score(self, *a, **k))
         return seen["scores"][-1]
 
     def update_spy(model, opt, samples, *a, **k):
@@ -74,8 +74,8 @@ def test_unjudged_groups_are_held_out_of_the_update(tmp_path, monkeypatch):
     def rl_step(step, run):
         seen["samples"].append([])  # a step whose every group is held out makes no update
         return step_fn(step, run)
-    monkeypatch.setattr(train, "rollouts", rollouts_spy)
-    monkeypatch.setattr(train.Run, "reward", reward_spy)
+    monkeypatch.setattr(train.Run, "sample", sample_spy)
+    monkeypatch.setattr(train.PolicyObjective, "score", score_spy)
     monkeypatch.setattr(grpo, "policy_update", update_spy)
     monkeypatch.setitem(train.PHASES, "rl", (rl_step, "steps", "lr", "warmup"))
     out = tmp_path / "run"

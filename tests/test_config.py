@@ -112,5 +112,5 @@ def test_defaults_adapt_to_the_flags_you_gave(tmp_path):
 def test_help_shows_the_groups():
     text = config.build_parser().format_help()
     for group in ("run:", "rollouts:", "reward: the rule verifier", "update: advantages", "optimiser:",
-                  "SFT (the cold start", "toy task (--data toy):", "evaluation, logging, checkpoints:"):
+                  "SFT (the cold start", "toy task (--data toy):", "evaluation and checkpoints:", "advanced: memory"):
         assert group in text, group

@@ -6,7 +6,7 @@ import pytest
 
 import data
 import verifier
-from data import split_steps
+from fapo import split_steps
 from verifier import last_boxed, normalize_answer, verify
 
 # ---- rows ----

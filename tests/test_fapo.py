@@ -1,7 +1,8 @@
 """Tests for fapo.py: the per-rollout reward, DAPO's overlong penalty, batch scoring with a GenRM."""
 import pytest
 
-from fapo import fapo_reward, overlong_penalty, score_rollouts
+from conftest import score
+from fapo import fapo_reward, overlong_penalty
 
 
 def test_fapo_reward():
@@ -33,23 +34,23 @@ def test_score_rollouts_asks_only_about_correct():
         return [1, -1, None][: len(step_lists)]
 
     responses = ["a\n\n\\boxed{3}", "b\n\n\\boxed{4}", "c\n\nd\n\n\\boxed{3}", "\\boxed{3}"]
-    s = score_rollouts(responses, ["3"] * 4, ["p"] * 4, genrm=genrm, lam=1.0)
+    s = score(responses, ["3"] * 4, ["p"] * 4, genrm=genrm, lam=1.0)
     assert s.correct == [True, False, True, True]
     assert asked == [["a", "\\boxed{3}"], ["c", "d", "\\boxed{3}"], ["\\boxed{3}"]]
     assert s.flagged == [True, None, False, None]
     assert s.rewards == [0.0, -1.0, 1.0, 1.0]
     assert s.counts == {"n": 4, "correct": 3, "judged": 3, "flagged": 1, "unparseable": 1, "judge_failed": 0}
     assert s.first_error == [1, None, -1, None]
-    base = score_rollouts(responses, ["3"] * 4, ["p"] * 4, genrm=None)
+    base = score(responses, ["3"] * 4, ["p"] * 4, genrm=None)
     assert base.rewards == [1.0, -1.0, 1.0, 1.0] and base.counts["judged"] == 0
 
 
 def test_score_rollouts_overlong_and_bad_genrm():
-    s = score_rollouts(["\\boxed{1}", "\\boxed{2}"], ["1", "1"], ["p", "p"], lengths=[10, 30], max_len=30,
+    s = score(["\\boxed{1}", "\\boxed{2}"], ["1", "1"], ["p", "p"], lengths=[10, 30], max_len=30,
                        overlong_buffer=10)
     assert s.rewards == [1.0, -2.0]
     with pytest.raises(ValueError, match="verdicts"):
-        score_rollouts(["\\boxed{1}"], ["1"], ["p"], genrm=lambda *a: [])
+        score(["\\boxed{1}"], ["1"], ["p"], genrm=lambda *a: [])
 
 
 def test_pass_at_k():

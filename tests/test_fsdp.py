@@ -18,7 +18,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import config  # noqa: E402
-from infra import checkpoint, fsdp  # noqa: E402
+from infra import build, checkpoint, fsdp  # noqa: E402
 from infra import safetensors_io as hfio  # noqa: E402
 import toy  # noqa: E402
 import train  # noqa: E402
@@ -115,7 +115,7 @@ def test_toy_model_is_unchanged_and_frozen_copy_is_exact():
     cfg = config.parse_config(["--no-progress"])
     tok = toy.tokenizer()
     world = fsdp.World()
-    model = train.load_model(cfg, world, torch.float32, tok)
+    model = build.load_model(cfg, world, torch.float32, tok)
     built = toy.build_model(tok, cfg.seed).state_dict()
     got = fsdp.full_state_dict(model)
     assert all(torch.equal(got[k], built[k]) for k in built)

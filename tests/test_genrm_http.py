@@ -11,11 +11,12 @@ import urllib.request
 
 import pytest
 
-from conftest import ROOT
+from conftest import ROOT, score
 import data
 import fapo
 import genrm
 import toy
+from infra import build
 from bench.genrm_server import Chaos, GenRMServer, request_tag
 
 ROWS = toy.critic_rows(40, seed=7)  # (row, problem, steps): half the solutions flawed
@@ -46,7 +47,7 @@ def judge_for(url, **kw):
 
 
 def indices(verdicts):
-    return [v.index for v in verdicts]
+    return [v.first_error for v in verdicts]
 
 
 # ---- right answers ----
@@ -58,7 +59,7 @@ def test_same_verdicts_as_the_oracle(server):
     want = genrm.CheckerJudge(toy.check)(*ARGS)
     assert indices(got) == indices(want)
     assert {i for i in indices(got)} - {-1} and -1 in indices(got)  # both clean and flawed rows
-    assert all(v.error is None and v.text.endswith(f"\\boxed{{{v.index}}}") for v in got)
+    assert all(v.error is None and v.text.endswith(f"\\boxed{{{v.first_error}}}") for v in got)
     assert judge.response_tokens > 0 and sum(judge.failures.values()) == 0 and judge.retried == 0
 
 
@@ -75,8 +76,8 @@ def test_fapo_flags_match_the_in_process_oracle(server):
     responses = ["\n\n".join(s) for s in ARGS[2]]  # every answer right: all 40 are judged
     gts = [str(a) for a in ARGS[1]]
     with judge_for(server.url) as judge:
-        got = fapo.score_rollouts(responses, gts, ARGS[0], genrm=judge)
-    want = fapo.score_rollouts(responses, gts, ARGS[0], genrm=genrm.CheckerJudge(toy.check))
+        got = score(responses, gts, ARGS[0], genrm=judge)
+    want = score(responses, gts, ARGS[0], genrm=genrm.CheckerJudge(toy.check))
     assert got.first_error == want.first_error and got.rewards == want.rewards
     # the served GenRM also counts the verdicts the other --verdict-parse would read differently: none here
     assert got.counts == {**want.counts, "parse_disagree": 0} and got.counts["flagged"] > 0
@@ -126,7 +127,7 @@ def test_fapo_sends_the_responses(fresh):
     """fapo.request_verdicts hands the judge the decoded responses: the official prompt holds each verbatim."""
     responses = ["\n\n".join(s) for s in ARGS[2][:4]]
     with judge_for(fresh.url, prompt_format="official", verdict_parse="official") as judge:
-        s = fapo.score_rollouts(responses, [str(a) for a in ARGS[1][:4]], ARGS[0][:4], genrm=judge)
+        s = score(responses, [str(a) for a in ARGS[1][:4]], ARGS[0][:4], genrm=judge)
     assert s.counts["judged"] == 4 and s.counts["judge_failed"] == 0 and s.counts["parse_disagree"] == 0
     sent = {data.official_prompt(p, str(a), r) for p, a, r in zip(ARGS[0], ARGS[1], responses)}
     assert fresh.body["messages"][0]["content"] in sent  # the last request of 4 sent at once: one of them
@@ -136,7 +137,7 @@ def test_make_judges_shows_the_sampling_used(fresh):
     import config
     import train
     cfg = config.parse_config(["--genrm", fresh.url, "--genrm-model", "toy", "--genrm-top-p", "0.9"])
-    judge, _ = train.make_judges(cfg, None, train.make_task(cfg), None)
+    judge, _ = build.make_judges(cfg, None, build.make_task(cfg), None)
     try:
         assert cfg.genrm_sampling == {"temperature": "0.0 (sent)", "top_p": "0.9 (sent)",  # the toy preset's 0.0
                                       "top_k": "the server's default (not sent)"}
@@ -153,7 +154,7 @@ def test_failure_retried_then_given_up(fresh, mode, kind):
     setattr(fresh, mode, -1)
     with judge_for(fresh.url, retries=2) as judge:
         got = judge(*first(4))
-    assert all(v.index is None and v.error.startswith(kind) for v in got)
+    assert all(v.first_error is None and v.error.startswith(kind) for v in got)
     assert judge.failures[kind] == 4 and sum(judge.failures.values()) == 4
     assert fresh.requests == 4 * 3 and judge.retried == 4 * 2  # each tried retries + 1 times
 
@@ -171,14 +172,14 @@ def test_garbage_is_unparseable_not_a_failure(fresh):
     fresh.garbage = -1
     with judge_for(fresh.url) as judge:
         got = judge(*first(4))
-    assert all(v.index is None and v.error is None and v.text for v in got)
+    assert all(v.first_error is None and v.error is None and v.text for v in got)
     assert sum(judge.failures.values()) == 0 and fresh.requests == 4  # an answer: not retried
 
 
 def test_429_is_retried_and_counted_apart():
     with GenRMServer(chaos=Chaos(seed=0, p_429=1.0)) as s, judge_for(s.url, retries=2) as judge:
         got = judge(*first(3))
-    assert all(v.index is None and v.error.startswith("http_429") for v in got)
+    assert all(v.first_error is None and v.error.startswith("http_429") for v in got)
     assert judge.failures["http_429"] == 3 and judge.failures["http_4xx"] == 0 and s.requests == 3 * 3
     assert s.outcomes["429"] == 9
 
@@ -218,7 +219,7 @@ def test_submitted_requests_are_bounded(fresh):
 def test_4xx_is_not_retried():
     with GenRMServer(served_model="genrm-4b") as s, judge_for(s.url) as judge:  # judge asks for "toy"
         got = judge(*first(2))
-    assert all(v.index is None and "does not exist" in v.error for v in got)
+    assert all(v.first_error is None and "does not exist" in v.error for v in got)
     assert judge.failures["http_4xx"] == 2 and s.requests == 2
 
 
@@ -228,7 +229,7 @@ def test_refused():
         port = sock.getsockname()[1]
     with judge_for(f"http://127.0.0.1:{port}/v1", retries=1) as judge:
         got = judge(*first(3))
-    assert all(v.index is None and v.error for v in got)
+    assert all(v.first_error is None and v.error for v in got)
     assert judge.failures["refused"] + judge.failures["skipped"] == 3 and judge.failures["refused"] >= 1
 
 
@@ -239,7 +240,7 @@ def test_hung_server_costs_the_timeout_not_the_rows(fresh):
         got = judge(*first(16))
         elapsed = time.monotonic() - t0
     assert elapsed < 1.75, elapsed  # 2 attempts x 0.5 s + at most 0.25 s of backoff (+ slack)
-    assert all(v.index is None and v.error.startswith("timeout") for v in got)
+    assert all(v.first_error is None and v.error.startswith("timeout") for v in got)
     assert judge.failures["timeout"] == 16
     # more rows than requests in flight: the first round's timeouts stop the queued rows from being sent
     with judge_for(fresh.url, timeout=0.5, retries=1, backoff=0.25, concurrency=4) as judge:
@@ -248,14 +249,14 @@ def test_hung_server_costs_the_timeout_not_the_rows(fresh):
         elapsed = time.monotonic() - t0
     assert elapsed < 1.75, elapsed
     assert judge.failures["timeout"] == 4 and judge.failures["skipped"] == 12
-    assert all(v.index is None and v.error for v in got)
+    assert all(v.first_error is None and v.error for v in got)
 
 
 def test_failed_service_never_flags(fresh):
     fresh.fail = -1
     responses = ["\n\n".join(s) for s in ARGS[2][:8]]
     with judge_for(fresh.url, retries=1) as judge:
-        s = fapo.score_rollouts(responses, [str(a) for a in ARGS[1][:8]], ARGS[0][:8], genrm=judge, lam=1.0)
+        s = score(responses, [str(a) for a in ARGS[1][:8]], ARGS[0][:8], genrm=judge, lam=1.0)
     assert s.counts["judged"] == 8 and s.counts["judge_failed"] == 8
     assert s.counts["flagged"] == 0 and s.counts["unparseable"] == 0 and s.rewards == [1.0] * 8
 

@@ -352,6 +352,9 @@ class OneProcess:
 
     max = sum
 
+    def sum_named(self, sums):
+        return {k: float(v) for k, v in sums.items()}
+
 
 def _tiny_qwen3():
     import transformers

@@ -22,18 +22,19 @@ ALLOWED = {
     "infra.fastdecode": set(),
     "infra.genrm_client": set(),
     "infra.runlog": {"infra.checkpoint"},
+    "infra.build": {"arith", "data", "genrm", "toy", "infra.fsdp"},
     "sampler": {"infra.fastdecode"},
     "toy": {"data"},
     "arith": {"data"},
     "processbench": {"data"},
     "genrm": {"critic", "data", "processbench", "sampler", "infra.fsdp", "infra.genrm_client", "toy"},
-    "fapo": {"data", "genrm", "verifier"},
+    "fapo": {"genrm", "verifier"},
     "logprobs": {"sampler"},
     "grpo": {"logprobs"},
     "config": {"arith", "grpo", "toy", "sampler"},
     "evaluate": {"fapo", "genrm", "processbench", "infra.runlog"},
-    "train": {"arith", "config", "critic", "data", "evaluate", "fapo", "genrm", "grpo", "sampler", "toy", "infra.checkpoint",
-              "infra.fsdp", "infra.genrm_client", "infra.runlog"},
+    "train": {"config", "critic", "data", "evaluate", "fapo", "genrm", "grpo", "sampler", "infra.build",
+              "infra.checkpoint", "infra.fsdp", "infra.runlog"},
 }
 
 

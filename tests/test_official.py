@@ -10,6 +10,8 @@ import math
 
 import pytest
 
+from conftest import score
+
 import critic
 import config
 import data
@@ -82,13 +84,13 @@ def test_fapo_shows_the_official_judge_the_whole_response():
     """fapo hands the responses over: the prompt holds each verbatim, untagged; n_steps still from split_steps."""
     responses = ["  a\n\n b \n\n\\boxed{3}\n", "wrong \\boxed{4}", "one line \\boxed{3}"]
     judge = Recording(prompt_format="official")
-    s = fapo.score_rollouts(responses, ["3"] * 3, ["Q raw\n"] * 3, genrm=judge)
+    s = score(responses, ["3"] * 3, ["Q raw\n"] * 3, genrm=judge)
     assert judge.seen == [(data.official_prompt("Q raw\n", "3", responses[0]), 3),
                           (data.official_prompt("Q raw\n", "3", responses[2]), 1)]
     assert s.counts["judged"] == 2 and s.rewards == [1.0, -1.0, 1.0]
     critic = Recording()  # the default: today's tagged steps
-    fapo.score_rollouts(responses, ["3"] * 3, ["Q"] * 3, genrm=critic)
-    assert critic.seen[0][0] == data.critic_prompt("Q", "3", data.split_steps(responses[0]))
+    score(responses, ["3"] * 3, ["Q"] * 3, genrm=critic)
+    assert critic.seen[0][0] == data.critic_prompt("Q", "3", fapo.split_steps(responses[0]))
 
 
 # ---- 2. the verdict: the recipe's int(box), and where it disagrees with ours ----
@@ -128,7 +130,7 @@ def test_parse_disagree_is_counted_and_logged():
                                    ("strict", [None, False, None, True, None], 2)]:
         judge = Scripted(verdict_parse=how)
         judge.counts = {"parse_disagree": 0}
-        s = fapo.score_rollouts(responses, ["1"] * 5, ["p"] * 5, genrm=judge)
+        s = score(responses, ["1"] * 5, ["p"] * 5, genrm=judge)
         assert s.flagged == flagged and s.counts["parse_disagree"] == disagree
         assert fapo.rollout_metrics(s.counts)["parse_disagree"] == pytest.approx(disagree / 5)
         assert judge.take_counts() == {"parse_disagree": 0}  # handed over once, then reset (the same keys)

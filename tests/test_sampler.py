@@ -358,7 +358,7 @@ def test_kept_fast_state_follows_a_cast_model(monkeypatch):
     model, prompts = tiny_model("qwen3"), ragged_prompts(LENGTHS, seed=7)
     state = fastdecode.FastState(fastdecode.decode_step, buckets=True)  # one state across calls, as compiled
     monkeypatch.setattr(fastdecode, "fast_state", lambda model, fast, device: state)
-    generate(model, prompts, 6, temperature=0)
+    generate(model, prompts, 6, temperature=0, fast=True)
     model.to(torch.bfloat16)
-    out = generate(model, prompts, 6, temperature=0)
+    out = generate(model, prompts, 6, temperature=0, fast=True)
     assert len(out) == len(prompts) and state.cache.layers[0].buffers[0].dtype == torch.bfloat16

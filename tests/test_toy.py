@@ -8,7 +8,7 @@ import pytest
 import data
 import genrm
 import toy
-from data import split_steps
+from fapo import split_steps
 from verifier import verify
 from critic import genrm_reward, parse_index
 
@@ -62,16 +62,17 @@ def test_oracle_genrm():
     got = genrm.CheckerJudge(toy.check)(["8+6-4+9", "8+6-4+9", "not a problem"], ["19"] * 3,
                             [["8+6=14", "14-4=10", "10+9=19", "\\boxed{19}"],
                              ["8+6=14", "14-4=11", "10+9=19", "\\boxed{19}"], ["x"]])
-    assert [v.index for v in got] == [-1, 1, None]
+    assert [v.first_error for v in got] == [-1, 1, None]
     prompts = [data.critic_prompt("8+6", "14", ["8+6=15", "\\boxed{14}"]), "not a GenRM prompt"]
-    assert [v.index for v in genrm.CheckerJudge(toy.check).judge_prompts(prompts, [2, 1])] == [0, None]
+    assert [v.first_error for v in genrm.CheckerJudge(toy.check).judge_prompts(prompts, [2, 1])] == [0, None]
 
 
 def test_score_rollouts_audits_a_genrm_against_an_oracle():
-    from fapo import pass_at_k, rollout_metrics, score_rollouts
+    from conftest import score
+    from fapo import pass_at_k, rollout_metrics
     responses = ["8+6=15\n\n\\boxed{14}", "8+6=14\n\n\\boxed{14}", "8+6=14\n\n\\boxed{14}", "\\boxed{3}"]
     always_clean = lambda problems, gts, steps: [-1] * len(steps)  # noqa: E731
-    s = score_rollouts(responses, ["14"] * 4, ["8+6"] * 4, genrm=genrm.AuditedJudge(always_clean, genrm.CheckerJudge(toy.check)))
+    s = score(responses, ["14"] * 4, ["8+6"] * 4, genrm=genrm.AuditedJudge(always_clean, genrm.CheckerJudge(toy.check)))
     assert s.counts["oracle_flagged"] == 1 and s.counts["agree"] == 2 and s.counts["flagged"] == 0
     m = rollout_metrics(s.counts)
     assert m["oracle_flawed_ratio"] == pytest.approx(1 / 3) and m["judge_agreement"] == pytest.approx(2 / 3)

@@ -10,12 +10,15 @@ import subprocess
 import sys
 
 import pytest
+
+from conftest import score
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
 import data  # noqa: E402
+import fapo  # noqa: E402
 import config  # noqa: E402
 from infra import checkpoint, fsdp, runlog  # noqa: E402
 import grpo  # noqa: E402
@@ -150,7 +153,7 @@ def test_garbage_genrm_is_counted_not_fatal():
     import genrm
     tok = toy.tokenizer()
     judge = genrm.ModelJudge(toy.build_model(tok, seed=1).eval(), tok, max_new_tokens=12, temperature=1.0)
-    s = fapo.score_rollouts(["8+6=14\n\n\\boxed{14}"] * 4 + ["\\boxed{1}"], ["14"] * 5, ["8+6"] * 5, genrm=judge)
+    s = score(["8+6=14\n\n\\boxed{14}"] * 4 + ["\\boxed{1}"], ["14"] * 5, ["8+6"] * 5, genrm=judge)
     assert s.counts["judged"] == 4 and s.counts["unparseable"] >= 3
     assert s.rewards[:4] == [0.0 if f else 1.0 for f in s.flagged[:4]] and s.rewards[4] == -1.0
 
@@ -438,13 +441,13 @@ def test_rollout_dumps_hold_the_judges_critiques(tmp_path, toy_cold_start):
                        "--dump-prompts", "2"])
     rows = read_jsonl(out / "dumps" / "rl_step1.jsonl")
     assert len(rows) == 2 * 4  # 2 prompts x 4 rollouts
-    fields = {"phase", "step", "prompt", "response", "reward", "correct", "genrm_index", "critique", "length",
+    fields = {"phase", "step", "prompt", "response", "reward", "correct", "first_error", "critique", "length",
               "finish_reason", "data_source", "ground_truth"}
     assert all(set(r) == fields and r["phase"] == "rl" and r["step"] == 1 for r in rows)
-    judged = [r for r in rows if r["genrm_index"] is not None]
+    judged = [r for r in rows if r["first_error"] is not None]
     assert all(r["correct"] for r in judged)
     for r in judged:  # the oracle's critique is the checker's own text for that response
-        assert r["critique"] == toy.critique(toy.parse_problem(r["prompt"]), data.split_steps(r["response"]))
+        assert r["critique"] == toy.critique(toy.parse_problem(r["prompt"]), fapo.split_steps(r["response"]))
     evals = read_jsonl(out / "dumps" / "eval_step1.jsonl")
     assert evals and all(r["phase"] == "eval" for r in evals)
     m = [m for m in read_jsonl(out / "rl" / "metrics.jsonl") if "eval" not in m][0]
