@@ -341,7 +341,7 @@ class Task:
     """What train.py asks of a task: its rows, the cold start's targets, and an exact checker if it has one.
 
     kind: "policy" (problems to solve: --task rl / sft) or "critic" (critique rows: --task genrm).
-    A task of your own is a subclass (toy.ToyTask is the built-in one), picked in train.make_task; nothing else
+    A task of your own is a subclass (toy.ToyTask is the built-in one), picked in infra.build.make_task; nothing else
     in train.py branches on the task.
     """
     checker = None  # fn(problem, ground_truth, steps) -> (first wrong step or -1, critique text), or None

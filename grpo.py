@@ -306,16 +306,18 @@ def trained_samples(mini, cfg: UpdateSettings, with_kl: bool):
 
 
 def batch_of(mb, cfg: UpdateSettings, world, share: bool):
-    """A micro-batch's tensors: collate_shared (every prompt once) or collate; the same choice on every rank."""
-    return (collate_shared if share else collate)([s.prompt for s in mb], [s.response for s in mb], cfg.pad_id,
-                                                   world.device)
+    """(batch, R, mask): a micro-batch's tensors from collate_shared (every prompt once) or collate, the same choice
+    on every rank, and its (B, R) mask of real response tokens times each sample's weight (0 for a filler)."""
+    batch, R = (collate_shared if share else collate)([s.prompt for s in mb], [s.response for s in mb], cfg.pad_id,
+                                                      world.device)
+    return batch, R, batch["mask"] * torch.tensor([s.weight for s in mb], device=world.device)[:, None]
 
 
 @torch.no_grad()
 def store_old_logprobs(model, samples, cfg: UpdateSettings, world, share: bool):
     """Log-probs of the policy before this step's first update (the ratio's denominator)."""
     for mb in micro_batches(samples, cfg.micro_batch, cfg.logprob_batch_tokens, world):
-        batch, R = batch_of(mb, cfg, world, share)
+        batch, R, _ = batch_of(mb, cfg, world, share)
         old, _ = response_logprobs(model, batch, R, cfg.temperature)
         for s, row in zip(mb, old):
             s.old_logp = row[: len(s.response)].cpu()
@@ -357,8 +359,7 @@ def policy_update(model, optimizer, samples, cfg: UpdateSettings, world, ref_mod
 
 def micro_batch_loss(model, mb, normalizer, cfg: UpdateSettings, world, share, ref_model=None):
     """One micro-batch's loss (its share of the global token-mean) and its named stats, summed by the caller."""
-    batch, R = batch_of(mb, cfg, world, share)
-    mask = batch["mask"] * torch.tensor([s.weight for s in mb], device=world.device)[:, None]  # (B, R)
+    batch, R, mask = batch_of(mb, cfg, world, share)  # mask (B, R)
     logp, ent = response_logprobs(model, batch, R, cfg.temperature, want_entropy=True)   # (B, R)
     old = logp.detach() if cfg.mini_batches == 1 else torch.nn.utils.rnn.pad_sequence(
         [s.old_logp if s.old_logp is not None else torch.zeros(len(s.response)) for s in mb],
@@ -423,8 +424,7 @@ def sft_update(model, optimizer, pairs, cfg: UpdateSettings, world):
     total = 0.0
     samples = [Sample(x, y, 0.0) for x, y in pairs]
     for mb in micro_batches(samples, cfg.micro_batch, cfg.micro_batch_tokens, world):
-        batch, R = collate([s.prompt for s in mb], [s.response for s in mb], cfg.pad_id, world.device)
-        mask = batch["mask"] * torch.tensor([s.weight for s in mb], device=world.device)[:, None]
+        batch, R, mask = batch_of(mb, cfg, world, share=False)
         logp, _ = response_logprobs(model, batch, R, 1.0)
         loss = -(logp * mask).sum() / n_tok
         (loss * world.size).backward()
