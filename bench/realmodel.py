@@ -19,7 +19,7 @@ eval_samples times at the training temperature, every rollout dumped and counted
 flawed positives / correct answers. Settings were chosen on the validation split (--validation), never on the
 test split (docs/realmodel.md lists every attempt).
 
-    python bench/realmodel.py --fresh         # the whole comparison, from scratch: about 60 min on 2 cores
+    python bench/realmodel.py --fresh         # the whole comparison, from scratch: 64 min on 2 cores here
     python bench/realmodel.py --quick         # the same pipeline, tiny: about 2 min
     python bench/realmodel.py --validation --out out/val --set lr=2e-5 steps=30 seeds=[0]   # an attempt
     python bench/realmodel.py --out DIR --report bench/results    # the stored table and plot (docs/realmodel.md)
