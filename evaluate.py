@@ -88,7 +88,8 @@ def pooled_rates(per, run, world):
     out = {f"eval_{k}": v for k, v in rates(pooled, cfg.eval_samples).items()}
     if len(sources) > 1:
         for s in sources:
-            out.update({f"eval_{s}/{k}": v for k, v in rates(per_source[s], samples_for(s, run.repeats, cfg.eval_samples)).items()})
+            n = samples_for(s, run.repeats, cfg.eval_samples)
+            out.update({f"eval_{s}/{k}": v for k, v in rates(per_source[s], n).items()})
     return out
 
 

@@ -212,9 +212,10 @@ def wait_for_verdicts(judging: Judging, world, budget_s, step) -> tuple[Judging,
     """(judging, seconds waited). When every request of a step failed (a GenRM server restarting: an OOM, a
     node drain) and the judge is a served one (judge.background), ask the same prompts again for the failed
     rollouts, with backoff (2 s, doubling, at most 60 s between attempts), one line per attempt on rank 0,
-    until some verdict comes back or budget_s (--genrm-wait) is spent; then, with still nothing answered, stop
-    (check_verdicts). Only some failed: their groups are held out of the update, not asked again
-    (docs/departures.md says why). Every rank takes part: one all-reduce per attempt."""
+    until some verdict comes back or budget_s (--genrm-wait) is spent (an attempt under way finishes: at most
+    (retries + 1) x timeout more); then, with still nothing answered, stop (check_verdicts raises). When only
+    some failed, their groups are held out of the update, not asked again (docs/departures.md says why). Every
+    rank takes part: one all-reduce per attempt."""
     failed, label = judging.failed(), f"step {step + 1}"
     start, attempt = time.monotonic(), 0
     while True:
@@ -226,6 +227,7 @@ def wait_for_verdicts(judging: Judging, world, budget_s, step) -> tuple[Judging,
                 world.say(f"{label}: {what} after {time.monotonic() - start:.0f} s ({attempt} attempts); "
                           f"{int(n_failed)} of {int(judged)} requests without a verdict")
             check_verdicts({"judged": judged, "judge_failed": n_failed, "unparseable": 0}, step)  # raises if none
+            # answered; its warnings are the step log's (train.step_metrics)
             return judging, time.monotonic() - start if attempt else 0.0
         attempt += 1
         elapsed = time.monotonic() - start
@@ -242,25 +244,25 @@ def wait_for_verdicts(judging: Judging, world, budget_s, step) -> tuple[Judging,
         failed = judging.failed()
 
 
-
 FAILED_WARN = 0.01  # a step whose failed share of judged rollouts is above this says so
 
 
 def check_verdicts(summed, step) -> str | None:
     """A GenRM that answers nothing must not turn FAPO into a silent baseline: raises when every verdict of
-    the step failed (train.py first waits --genrm-wait for the service); returns a warning when more than 1%
+    the step failed (wait_for_verdicts first waits --genrm-wait for the service); returns a warning when more than 1%
     failed (their groups were held out: summed["groups_unjudged"] when given) or most were unparseable (they
     count as clean). summed: summed counts."""
-    if summed["judged"] and summed["judge_failed"] == summed["judged"]:
-        raise RuntimeError(f"step {step + 1}: every one of {int(summed['judged'])} GenRM requests failed (no verdict); "
+    judged, failed = int(summed["judged"]), int(summed["judge_failed"])
+    if judged and failed == judged:
+        raise RuntimeError(f"step {step + 1}: every one of {judged} GenRM requests failed (no verdict); "
                            "stopping rather than training on the baseline reward. Is the GenRM up?")
     warnings = []
-    if summed["judged"] and summed["judge_failed"] > FAILED_WARN * summed["judged"]:
+    if judged and failed > FAILED_WARN * judged:
         held = f"; {int(summed['groups_unjudged'])} groups held out of the update" if "groups_unjudged" in summed else ""
-        warnings.append(f"warning: step {step + 1}: {int(summed['judge_failed'])} of {int(summed['judged'])} GenRM requests "
+        warnings.append(f"warning: step {step + 1}: {failed} of {judged} GenRM requests "
                         f"failed (no verdict, > {FAILED_WARN:.0%}){held}")
-    if summed["judged"] >= 8 and summed["unparseable"] > summed["judged"] / 2:
-        warnings.append(f"warning: step {step + 1}: {int(summed['unparseable'])} of {int(summed['judged'])} GenRM verdicts "
+    if judged >= 8 and summed["unparseable"] > judged / 2:
+        warnings.append(f"warning: step {step + 1}: {int(summed['unparseable'])} of {judged} GenRM verdicts "
                         "were unparseable (no \\boxed{index}); they count as clean")
     return "\n".join(warnings) or None
 

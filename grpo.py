@@ -271,8 +271,9 @@ def _sampler_gap(mb, old, mask, tis_cap):
     gmask = (mask > 0).float() * has.to(mask.device)                  # (B, R) real tokens with sampler log-probs
     diff = (old - sampler.to(old.device)) * gmask                     # (B, R) log(pi_train / pi_sampler)
     lr = diff.clamp(-20.0, 20.0)                                      # (B, R) keeps exp finite
-    # k3 = r - 1 - log r, r = pi_train / pi_sampler on tokens the sampler drew: its sum over a response estimates
-    # KL(sampler || trainer) of whole responses (docs/departures.md)
+    # k3 = r - 1 - log r, r = pi_train / pi_sampler on tokens the sampler drew: E_sampler[r] = 1, so by the chain
+    # rule its sum over a response estimates KL(sampler || trainer) of whole responses (with top-k / top-p the
+    # sampler's log-probs are untruncated: this measures numerics, not the truncation)
     k3 = ((lr.exp() - lr - 1) * gmask).sum(-1)                        # (B,)
     # TIS (verl's rollout correction, not in the paper): w = min(pi_old / pi_sampler, cap), detached; rows
     # without sampler log-probs keep w = 1
@@ -381,7 +382,8 @@ def micro_batch_loss(model, mb, normalizer, cfg: UpdateSettings, world, share, r
         stats["kl"] = kl.item()
     stats["loss"] = loss.item()
     if any(s.weight for s in mb):  # a filler (weight 0) trains no token: it must not dilute the averages
-        stats.update({k: clip_stats[k] for k in ("clipfrac", "clipfrac_lower", "ppo_kl")}, entropy=masked_mean(ent, mask).item(), micro_batches=1)
+        stats.update({k: clip_stats[k] for k in ("clipfrac", "clipfrac_lower", "ppo_kl")},
+                     entropy=masked_mean(ent, mask).item(), micro_batches=1)
     return loss, stats, gap_max.item()
 
 
@@ -396,7 +398,8 @@ def update_stats(summed, gap_max, grad_norms, cfg: UpdateSettings):
            "grad_norm": sum(grad_norms) / len(grad_norms),
            "skipped_updates": sum(not math.isfinite(g) for g in grad_norms)}
     if summed["gap_tokens"] > 0:
-        out.update(gap_mean=summed["gap_abs"] / summed["gap_tokens"], gap_max=gap_max, gap_kl=summed["gap_k3"] / summed["gap_rows"],
+        out.update(gap_mean=summed["gap_abs"] / summed["gap_tokens"], gap_max=gap_max,
+                   gap_kl=summed["gap_k3"] / summed["gap_rows"],
                    **({"tis_weight": summed["tis_weight"] / summed["gap_tokens"]} if cfg.tis_cap > 0 else {}))
     return out
 

@@ -186,8 +186,9 @@ def rl_step(step, run):
             sent = objective.request(truths[k:k + len(got)], problems[k:k + len(got)], new, judge)
             comps, texts, judging = comps + got, texts + new, sent if judging is None else judging + sent
         t1 = time.time()
+        lengths = [len(c.tokens) for c in comps]
         judging, waited = fapo.wait_for_verdicts(judging, world, cfg.genrm_wait, step)  # an outage: waited through
-        scores = objective.score(rows, texts, [len(c.tokens) for c in comps], judging)
+        scores = objective.score(rows, texts, lengths, judging)
     t2 = time.time()
     if cfg.dump_every and (step + 1) % cfg.dump_every == 0:
         run.dump("rl", step + 1, rows, problems, texts, comps, scores, cfg.rollouts, f"rl_step{step + 1}")
@@ -203,7 +204,7 @@ def rl_step(step, run):
     update = grpo.policy_update(run.model, run.optimizer, samples, run.settings, world, run.ref_model) if samples else {}
     run.scheduler.step()
     t3 = time.time()
-    m = step_metrics(step, scores, [len(c.tokens) for c in comps], dropped, len(held), run)
+    m = step_metrics(step, scores, lengths, dropped, len(held), run)
     return {"step": step + 1, **m, "lr": run.scheduler.get_last_lr()[0], "t_sample": t1 - t0, "t_judge": t2 - t1,
             "t_train": t3 - t2, "judge_share": (t2 - t1) / max(t3 - t0, 1e-9), "genrm_wait_s": waited, **update}
 

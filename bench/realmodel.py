@@ -99,8 +99,8 @@ def common(S):
             "--eval-temperature", "1.0", "--eval-top-p", "1.0", "--pass-k", "1", "--max-prompt-len", "128",
             "--max-response-len", str(S["max_response_len"]), "--micro-batch", str(S["rollouts"] * 2),
             "--save-every", "0", "--dump-prompts", str(S["eval_prompts"]),  # every eval rollout dumped: the CIs
-            # the static-cache decode loop and evals in waves of ~600 rows: 1.1-1.25x the defaults' sampling here
-            # (docs/realmodel.md); the same samples up to float rounding
+            # the static-cache decode loop and evals in waves of ~600 rows: the defaults' distribution, faster on
+            # CPU (docs/realmodel.md, attempt 7)
             "--fast-sampler", "on", "--max-tokens-in-flight", "65536"]
 
 

@@ -149,7 +149,6 @@ def test_missing_ground_truth_fails_fast(tmp_path):
 
 def test_garbage_genrm_is_counted_not_fatal():
     """An untrained GenRM writes garbage: its verdicts are unparseable, counted, and not flags."""
-    import fapo
     import genrm
     tok = toy.tokenizer()
     judge = genrm.ModelJudge(toy.build_model(tok, seed=1).eval(), tok, max_new_tokens=12, temperature=1.0)
